@@ -1,0 +1,1 @@
+"""Analysis: facts about a recurrence that choose its strategy."""
