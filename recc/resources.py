@@ -1,26 +1,25 @@
 """Where recc's grammar and template files live, installed or in a checkout.
 
-In a wheel, `grammar/` and `templates/` are installed as the packages
-`recc.grammar` and `recc.templates`; in a checkout they sit beside `recc/`.
+In a checkout, `grammar/` and `templates/` sit beside `recc/`; a wheel installs
+them inside the package as `recc/grammar/` and `recc/templates/`.
 """
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
-_CHECKOUT = Path(__file__).resolve().parent.parent
+_PACKAGE = Path(__file__).resolve().parent
 
 
-def _data_dir(package: str, folder: str) -> Path:
-    local = _CHECKOUT / folder
-    if local.is_dir():
-        return local
-    return Path(str(resources.files(package)))
+def _data_dir(folder: str) -> Path:
+    for candidate in (_PACKAGE / folder, _PACKAGE.parent / folder):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"recc's {folder}/ directory is missing from {_PACKAGE.parent}")
 
 
 def grammar_path(name: str) -> Path:
-    return _data_dir("recc.grammar", "grammar") / name
+    return _data_dir("grammar") / name
 
 
 def templates_dir() -> Path:
-    return _data_dir("recc.templates", "templates")
+    return _data_dir("templates")
