@@ -92,10 +92,32 @@ def _householder(k, beta):
     return eye - beta[..., None, None] * k[..., :, None] * k[..., None, :]
 
 
+def _rowsum_rule(shapes):
+    if len(shapes[0]) != 2:
+        raise ShapeMismatch(f"rowsum needs a matrix, got {_fmt(shapes[0])}")
+    return shapes[0][:1]
+
+
+def _stack_rule(shapes):
+    if not shapes:
+        raise ShapeMismatch("stack needs at least one argument")
+    full = [s for s in shapes if s != ()] or [()]
+    if any(s != full[0] for s in full):
+        raise ShapeMismatch(f"stack needs arguments of one shape or scalars, got "
+                            f"{', '.join(_fmt(s) for s in shapes)}")
+    return (len(shapes),) + full[0]
+
+
+def _stack(*xs):
+    rank = max(x.ndim for x in xs)
+    xs = torch.broadcast_tensors(*[x.reshape(tuple(x.shape) + (1,) * (rank - x.ndim)) for x in xs])
+    return torch.stack(xs, dim=BATCH)
+
+
 @dataclass(frozen=True)
 class Primitive:
     name: str
-    arity: int
+    arity: int               # -1: any number of arguments (at least one)
     shape: Callable          # list of arg shapes -> result shape (raises ShapeMismatch)
     torch: Callable          # reference implementation on [N, H, *shape] tensors
     sympy: str | None        # name of the sympy function for elementwise analysis, if any
@@ -129,6 +151,11 @@ PRIMITIVES: dict[str, Primitive] = {p.name: p for p in [
     Primitive("diag", 1, _diag_rule, torch.diag_embed, None, False, "diagonal matrix of a vector"),
     Primitive("l2norm", 1, _vector("l2norm"), lambda x: x / x.norm(dim=-1, keepdim=True), None, False,
               "x / ||x||"),
+    # used by the adjoint (recc.adjoint) to write derivatives; usable in specs too
+    _unary("step", lambda x: (x > 0).to(x.dtype), "Heaviside", "1 where x > 0, else 0 (the derivative of relu)"),
+    Primitive("rowsum", 1, _rowsum_rule, lambda x: x.sum(-1), None, False, "sum over a matrix's last dim"),
+    Primitive("stack", -1, _stack_rule, _stack, None, False,
+              "stack(x0, x1, ...)[j] = xj: a new leading dim; a scalar argument fills its slice"),
 ]}
 
 
