@@ -26,6 +26,24 @@ RESERVED = frozenset({
     "B", "T", "H",
 })
 TOPOLOGIES_LATER = ("grid2d", "dag")
+MAX_DEPTH = 100  # expressions nested deeper than this are refused (no recursion blow-up later)
+
+
+def _reserved_why(name: str) -> str | None:
+    """Why `name` cannot be declared, or None if it can."""
+    if name in ("B", "T", "H"):
+        return "B, T and H are the implicit batch, time and head axes"
+    if name == "inf":
+        return "it means infinity"
+    if name in ("torch", "triton", "tl", "math"):
+        return "the generated module imports it"
+    if name in RESERVED:
+        return "the generated op and its module use it"
+    if keyword.iskeyword(name):
+        return "it is a Python keyword"
+    if name.startswith("_"):
+        return "names starting with '_' belong to the generated code"
+    return None
 
 
 def load(path: str | Path) -> ir.Recurrence:
@@ -64,6 +82,10 @@ class _Symbol:
     extra: object = None  # dim size; loop range; monoid
 
 
+def _article(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
 def _pos(node) -> ir.Pos:
     if isinstance(node, Token):
         return ir.Pos(node.line, node.column)
@@ -77,8 +99,9 @@ class _Checker:
         self.assigned: set[str] = set()
         self.defined_outputs: set[str] = set()
         self.decls = {k: [] for k in ("dims", "inputs", "params", "consts", "states", "outputs", "monoids")}
-        self.monoid_ctx = None      # (left, right, elements) while checking a monoid's body
+        self.monoid_ctx = None      # (left, right, elements, name) while checking a monoid's body
         self._in_index = False      # loop variables may appear only inside an index
+        self._depth = 0             # nesting of the expression being checked
 
     # ---- helpers -------------------------------------------------------------
 
@@ -90,11 +113,12 @@ class _Checker:
         name = str(tok)
         if name in self.symbols:
             prev = self.symbols[name]
-            self.fail(f"'{name}' is already declared at {prev.pos}", tok)
+            self.fail(f"'{name}' is already declared as {_article(prev.kind)} at {prev.pos}", tok)
         if name in PRIMITIVES:
             self.fail(f"'{name}' is a built-in function and cannot be declared", tok)
-        if name in RESERVED or keyword.iskeyword(name) or name.startswith("_"):
-            self.fail(f"'{name}' is a reserved name", tok)
+        why = _reserved_why(name)
+        if why:
+            self.fail(f"'{name}' is a reserved name: {why}", tok)
         self.symbols[name] = _Symbol(kind, shape, _pos(tok), extra)
 
     def norm(self, shape) -> tuple:
@@ -118,8 +142,9 @@ class _Checker:
     def recurrence(self, tree: Tree) -> ir.Recurrence:
         name_tok, topology, *items = tree.children
         name = str(name_tok)
-        if name in RESERVED or keyword.iskeyword(name) or name.startswith("_") or name in PRIMITIVES:
-            self.fail(f"'{name}' cannot name a recurrence: it is reserved", name_tok)
+        why = _reserved_why(name) or ("it is a built-in function" if name in PRIMITIVES else None)
+        if why:
+            self.fail(f"'{name}' cannot name a recurrence: {why}", name_tok)
         if topology is not None:
             topo = topology.children[0]
             if str(topo) in TOPOLOGIES_LATER:
@@ -192,11 +217,16 @@ class _Checker:
         args = [a for a in args if a is not None]
         kind = ANNOTATIONS.get(str(name_tok))
         if kind is None:
-            self.fail(f"unknown annotation '{name_tok}', expected one of: {', '.join(sorted(ANNOTATIONS))}",
+            close = difflib.get_close_matches(str(name_tok), sorted(ANNOTATIONS), 1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            self.fail(f"unknown annotation '{name_tok}'; {hint}annotations: {', '.join(sorted(ANNOTATIONS))}",
                       name_tok)
         values = tuple(self.signed_number(a) for a in args)
         if len(values) != kind.arity:
-            self.fail(f"annotation '{name_tok}' takes {kind.arity} number(s), got {len(values)}", name_tok)
+            takes = "no numbers" if kind.arity == 0 else f"{kind.arity} number{'s' if kind.arity > 1 else ''}"
+            self.fail(f"annotation '{name_tok}' takes {takes}, got {len(values)}", name_tok)
+        if kind.name == "range" and not all(math.isfinite(v) for v in values):
+            self.fail(f"range({values[0]:g}, {values[1]:g}) needs finite bounds", name_tok)
         if kind.name == "range" and not values[0] < values[1]:
             self.fail(f"range({values[0]:g}, {values[1]:g}) is empty: the low end must be below the high end",
                       name_tok)
@@ -329,7 +359,9 @@ class _Checker:
             self.fail(f"monoid '{fn_tok}' has {n} elements ({', '.join(monoid.elements)}) but {len(targets)} "
                       f"states are assigned", targets[0])
         shapes = []
-        for t in targets:
+        for i, t in enumerate(targets):
+            if str(t) in map(str, targets[:i]):
+                self.fail(f"'{t}' is assigned twice in one tuple assignment", t)
             sym = self.symbols.get(str(t))
             if sym is None:
                 self.undeclared(str(t), t)
@@ -370,23 +402,31 @@ class _Checker:
         if len(set(elements)) != len(elements):
             self.fail(f"monoid '{name}' repeats an element", items[0])
         outer = dict(self.symbols)
-        self.monoid_ctx = (str(left), str(right), elements)
+        self.monoid_ctx = (str(left), str(right), elements, str(name))
         identity, body, done = (), [], set()
         for item in items[1:]:
             if item.data == "elements_decl":
                 self.fail(f"monoid '{name}' declares its elements twice", item)
             elif item.data == "identity_decl":
+                if identity:
+                    self.fail(f"monoid '{name}' declares its identity twice", item)
                 values = {}
                 for iv in item.children:
                     ename, num = iv.children
                     if str(ename) not in elements:
-                        self.fail(f"'{ename}' is not an element of monoid '{name}'", ename)
+                        self.fail(f"'{ename}' is not an element of monoid '{name}' (elements: {', '.join(elements)})",
+                                  ename)
+                    if str(ename) in values:
+                        self.fail(f"the identity of monoid '{name}' gives '{ename}' twice", ename)
                     values[str(ename)] = self.signed_number(num)
                 missing = [e for e in elements if e not in values]
                 if missing:
                     self.fail(f"the identity of monoid '{name}' misses {', '.join(missing)}", item)
                 identity = tuple(values[e] for e in elements)
             elif item.data == "let_stmt":
+                let_name = item.children[0]
+                if str(let_name) in elements:
+                    self.fail(f"'{let_name}' is an element of monoid '{name}'; a let needs another name", let_name)
                 body.append(self.item_let_stmt(item, ctx="monoid"))
             else:
                 ename, expr_tree = item.children
@@ -394,7 +434,7 @@ class _Checker:
                     self.fail(f"'{ename}' is not an element of monoid '{name}' (elements: {', '.join(elements)})",
                               ename)
                 if str(ename) in done:
-                    self.fail(f"element '{ename}' is assigned twice", ename)
+                    self.fail(f"element '{ename}' of monoid '{name}' is assigned twice", ename)
                 expr = self.expr(expr_tree, "monoid")
                 if expr.shape != ():
                     self.fail(f"monoid elements are scalars, got {fmt_shape(expr.shape)}", expr_tree)
@@ -403,7 +443,8 @@ class _Checker:
                 body.append(ir.Assign(str(ename), expr, _pos(ename)))
         missing = [e for e in elements if e not in done]
         if missing:
-            self.fail(f"monoid '{name}' never assigns {', '.join(missing)}", name)
+            self.fail(f"monoid '{name}' never assigns its element{'s' if len(missing) > 1 else ''} "
+                      f"{', '.join(missing)}; add `{missing[0]} = ...` to its body", name)
         self.symbols = outer
         self.monoid_ctx = None
         monoid = ir.Monoid(str(name), str(left), str(right), tuple(elements), identity, tuple(body), _pos(name))
@@ -413,7 +454,13 @@ class _Checker:
     # ---- expressions ----------------------------------------------------------
 
     def expr(self, tree, ctx: str) -> ir.Expr:
-        return getattr(self, "expr_" + tree.data)(tree, ctx)
+        if self._depth >= MAX_DEPTH:
+            self.fail(f"expression nested more than {MAX_DEPTH} levels deep; split it with `let`", tree)
+        self._depth += 1
+        try:
+            return getattr(self, "expr_" + tree.data)(tree, ctx)
+        finally:
+            self._depth -= 1
 
     def expr_number(self, tree, ctx):
         return ir.Num(float(tree.children[0]), _pos(tree))
@@ -440,6 +487,10 @@ class _Checker:
                 self.fail(f"'{name}' is an output; outputs cannot be read", tok)
             if sym.kind == "monoid":
                 self.fail(f"'{name}' is a monoid; call it as {name}((...), (...))", tok)
+            if ctx == "monoid":
+                left, right, elements = self.monoid_ctx[:3]
+                self.fail(f"a monoid reads only its operands' elements ({left}.{elements[0]}, {right}.{elements[0]}, "
+                          f"...), the elements it assigned before, its lets and consts; not {sym.kind} '{name}'", tok)
             self.fail(f"{sym.kind} '{name}' cannot be used here", tok)
         if sym.kind == "loop" and not self._in_index:
             self.fail(f"loop variable '{name}' can only be used as an index, like k[{name}]", tok)
@@ -460,7 +511,7 @@ class _Checker:
             close = difflib.get_close_matches(fn, sorted(PRIMITIVES), 1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             self.fail(f"unknown function '{fn}'{hint}", fn_tok)
-        if len(args) != prim.arity:
+        if prim.arity >= 0 and len(args) != prim.arity:
             plural = "s" if prim.arity != 1 else ""
             self.fail(f"{fn} takes {prim.arity} argument{plural}, got {len(args)}", fn_tok)
         exprs = tuple(self.expr(a, ctx) for a in args)
@@ -481,12 +532,20 @@ class _Checker:
                 names.setdefault(self.norm((d,))[0], d)
         return tuple(names.get(d, d) for d in shape)
 
+    def _operator(self, tree, op: str) -> ir.Pos:
+        """The position of a binary expression's operator: the first `op` after its left operand."""
+        at = self.source.find(op, tree.children[0].meta.end_pos)
+        if at < 0:  # pragma: no cover - the parser saw the operator
+            return _pos(tree)
+        line = self.source.count("\n", 0, at) + 1
+        return ir.Pos(line, at - (self.source.rfind("\n", 0, at) + 1) + 1)
+
     def _binary(self, tree, ctx, op):
         lhs = self.expr(tree.children[0], ctx)
         rhs = self.expr(tree.children[1], ctx)
         a, b = lhs.shape, rhs.shape
         if op == "@":
-            shape = self._matmul_shape(a, b, tree)
+            shape = self._matmul_shape(a, b, self._operator(tree, op))
         elif op == "**":
             if b != ():
                 self.fail(f"the exponent of '**' must be a scalar, got {fmt_shape(b)}", tree.children[1])
@@ -496,7 +555,7 @@ class _Checker:
         elif a == ():
             shape = b
         else:
-            self.fail(f"shapes {fmt_shape(a)} and {fmt_shape(b)} do not match for '{op}'", tree)
+            self.fail(f"shapes {fmt_shape(a)} and {fmt_shape(b)} do not match for '{op}'", self._operator(tree, op))
         return ir.Binary(op, lhs, rhs, shape, _pos(tree))
 
     def _matmul_shape(self, a, b, tree):
@@ -507,8 +566,8 @@ class _Checker:
             self.fail(f"'@' needs vectors or matrices, got {fmt_shape(a)} @ {fmt_shape(b)}; use '*' for scalars",
                       tree)
         if len(a) == 1 and len(b) == 1:
-            self.fail(f"'@' of two vectors is ambiguous; use dot({fmt_shape(a)}, {fmt_shape(b)}) or outer(...)",
-                      tree)
+            self.fail(f"'@' of two vectors ({fmt_shape(a)} @ {fmt_shape(b)}) is ambiguous; use dot(x, y) for the "
+                      f"inner product or outer(x, y) for the outer product", tree)
         if len(b) == 1:                      # [..., m, k] @ [k]
             if na[-1] != nb[0]:
                 self.fail(f"cannot multiply {fmt_shape(a)} @ {fmt_shape(b)}: inner dims {a[-1]} and {b[0]} differ",
@@ -553,7 +612,9 @@ class _Checker:
     def expr_transpose(self, tree, ctx):
         operand = self.expr(tree.children[0], ctx)
         if len(operand.shape) < 2:
-            self.fail(f"'^T' needs a matrix, got {fmt_shape(operand.shape)}", tree)
+            what = "a vector " if len(operand.shape) == 1 else ""
+            self.fail(f"'^T' needs a matrix, got {what}{fmt_shape(operand.shape)}; '@' takes a vector on either "
+                      f"side as it is", tree)
         s = operand.shape
         return ir.Unary("T", operand, s[:-2] + (s[-1], s[-2]), _pos(tree))
 
@@ -571,7 +632,9 @@ class _Checker:
         finally:
             self._in_index = False
         if isinstance(index, ir.Num):
-            if index.value != int(index.value) or not 0 <= index.value < size:
+            if not math.isfinite(index.value) or index.value != int(index.value):
+                self.fail(f"an index must be an integer, got {index.value:g}", tree.children[1])
+            if not 0 <= index.value < size:
                 self.fail(f"index {index.value:g} is out of range for a dim of size {size}", tree.children[1])
             index = ir.Num(float(int(index.value)), index.pos)
         elif isinstance(index, ir.Ref) and index.kind == "loop":
@@ -587,11 +650,11 @@ class _Checker:
         base, field = tree.children
         if ctx != "monoid":
             self.fail(f"'.{field}' reads a monoid operand's element and is only allowed inside a monoid", tree)
-        left, right, elements = self.monoid_ctx
+        left, right, elements, name = self.monoid_ctx
         if base.data != "name" or str(base.children[0]) not in (left, right):
             self.fail(f"'.{field}' applies to the monoid's operands {left} and {right} only", tree)
         if str(field) not in elements:
-            self.fail(f"'{field}' is not an element (elements: {', '.join(elements)})", field)
+            self.fail(f"'{field}' is not an element of monoid '{name}' (elements: {', '.join(elements)})", field)
         return ir.Field(str(base.children[0]), str(field), _pos(tree))
 
     def expr_tuple(self, tree, ctx):

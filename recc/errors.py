@@ -2,9 +2,9 @@
 
 A `SpecError` prints as::
 
-    specs/bad.rec:7:12: shapes [K] and [V] do not match for '+'
-        S = k + v
-               ^
+    specs/bad.rec:7:9: shapes [K] and [V] do not match for '+'
+          S = k + v
+                ^
 
 The command line prints it and exits with status 1; no traceback.
 """
@@ -32,8 +32,8 @@ class SpecError(ReccError):
 
     def __str__(self) -> str:
         head = f"{self.location}: {self.message}"
-        lines = self.source.splitlines()
-        if 1 <= self.line <= len(lines):
+        lines = self.source.split("\n")  # as the parser counts lines (splitlines would also split at \f, \x1c, ...)
+        if 1 <= self.line <= len(lines) and lines[self.line - 1].strip():
             text = lines[self.line - 1].rstrip()
             col = min(max(self.col, 1), len(text) + 1)
             # keep tabs so the caret lines up under the right character

@@ -73,6 +73,25 @@ def _describe_expected(names) -> str:
     return ", ".join(items)
 
 
+def _at_end(tok: Token, text: str) -> bool:
+    """Whether a token stands at the end of the text (a dedent there is the end of file)."""
+    if tok.type == "$END":
+        return True
+    if tok.type != "_DEDENT":
+        return False
+    return tok.end_pos is None or not text[tok.end_pos:].strip()
+
+
+def _end_position(source: str) -> tuple[int, int]:
+    """Just after the last line that holds more than blanks and comments."""
+    lines = source.split("\n")
+    for i in range(len(lines) - 1, -1, -1):
+        content = lines[i].split("#", 1)[0].rstrip()
+        if content.strip():
+            return i + 1, len(content) + 1
+    return 1, 1
+
+
 def _describe_token(tok: Token) -> str:
     if tok.type == "_NL":
         return "end of line"
@@ -92,10 +111,39 @@ def _describe_token(tok: Token) -> str:
 def _token_position(tok: Token, source: str) -> tuple[int, int]:
     if tok.type in ("_INDENT", "_DEDENT") and tok.end_line is not None:
         return tok.end_line, tok.end_column
-    if tok.type == "$END" or tok.line is None:
-        lines = source.rstrip("\n").split("\n")
-        return len(lines), len(lines[-1]) + 1
+    if tok.line is None:
+        return _end_position(source)
     return tok.line, tok.column
+
+
+def _expected(e: UnexpectedToken) -> set:
+    """The terminals the parser accepts where it stopped. `e.expected` can be
+    stale when the error comes from the contextual lexer right after a newline
+    (it then lists only the newline), so ask the parser itself when we can."""
+    if e.interactive_parser is not None:
+        try:
+            return e.interactive_parser.accepts()
+        except LarkError:  # pragma: no cover - fall back to lark's own list
+            pass
+    return e.expected
+
+
+def _unclosed_bracket(text: str, line: int) -> Token | None:
+    """The innermost '(' or '[' opened on a line before `line` and still open
+    there. Newlines inside brackets do not end a statement, so a missing ')'
+    shows up lines later; the hint names the bracket."""
+    stack = []
+    try:
+        for tok in parser().lex(text):
+            if tok.line is None or tok.line >= line:
+                break
+            if tok.type in _RecurrenceIndenter.OPEN_PAREN_types:
+                stack.append(tok)
+            elif tok.type in _RecurrenceIndenter.CLOSE_PAREN_types and stack:
+                stack.pop()
+    except (LarkError, _PositionedError, AssertionError):  # lark's Indenter asserts on an unmatched ')'
+        pass
+    return stack[-1] if stack else None
 
 
 def parse(source: str, file: str = "<spec>") -> Tree:
@@ -109,18 +157,27 @@ def parse(source: str, file: str = "<spec>") -> Tree:
         char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
         raise SpecError(f"unexpected character {char!r}", e.line, e.column, file, source) from None
     except UnexpectedToken as e:
-        line, col = _token_position(e.token, source)
-        msg = f"unexpected {_describe_token(e.token)}"
         if e.token.type == "_INDENT":
-            msg += " (this line is indented more than the one before)"
-        expected = _describe_expected(e.expected)
+            line, col = _token_position(e.token, source)
+            raise SpecError("unexpected indent: this line is indented more than the one before",
+                            line, col, file, source) from None
+        at_end = _at_end(e.token, text)
+        if at_end:
+            line, col = _end_position(source)
+            msg = "unexpected end of file"
+        else:
+            line, col = _token_position(e.token, source)
+            msg = f"unexpected {_describe_token(e.token)}"
+        expected = _describe_expected(_expected(e))
         if expected:
             msg += f", expected {expected}"
+        bracket = _unclosed_bracket(text, line + 1 if at_end else line)
+        if bracket is not None:
+            msg += f" ('{bracket}' at {bracket.line}:{bracket.column} is never closed)"
         raise SpecError(msg, line, col, file, source) from None
     except UnexpectedEOF as e:
-        lines = source.rstrip("\n").split("\n")
+        line, col = _end_position(source)
         expected = _describe_expected(e.expected)
-        raise SpecError(f"unexpected end of file, expected {expected}", len(lines), len(lines[-1]) + 1,
-                        file, source) from None
+        raise SpecError(f"unexpected end of file, expected {expected}", line, col, file, source) from None
     except LarkError as e:  # any other parser failure still gets a position
         raise SpecError(f"syntax error: {e}", 1, 1, file, source) from None
