@@ -1,0 +1,698 @@
+"""Strategy `chunked`: matrix states with affine updates, in the chunkwise-parallel form.
+
+One family of recurrences is recognised here from the IR: a matrix state S[K, V]
+updated, per step, by a chain of substeps
+
+    S = a_j * [householder(k_j, beta_j) @] S + c_j * outer(k_j, v_j)      j = 0 .. n-1
+
+(a_j a scalar decay `exp(.)`, `sigmoid(.)`, a positive number, ... or a per-key
+`diag(exp(.))`; c_j a scalar coefficient; DeltaProduct's `for` loop gives n > 1; a pure
+decay step `S = exp(g) * S` folds into the next substep), an optional normaliser state
+n[K] updated like S with v = 1 (mLSTM), and one output that reads the state through a query,
+
+    o = S^T @ q * scale [/ max(abs(dot(n, q) * scale), floor)] [+ terms free of the state].
+
+`chunked_form` turns the IR into `ChunkedForm`, plain facts (or `NotChunked` naming the
+part that does not fit). Everything per step (log-decays, coefficients, betas, the
+query/key/value vectors, scalar factors of the query, state-free output terms) stays an
+IR expression, which `_PerStep` emits as PyTorch code (`_per_step` in the generated
+source); gradients w.r.t. inputs and params flow back through that code by
+torch.autograd, from the kernels' gradients w.r.t. the per-step tensors. The kernels are
+a fixed set of templates (`templates/chunked_*.jinja`) specialised on the facts
+
+    decay: none | scalar | key        transition: plain | householder (n substeps)
+    coeff: none | plain | log         normaliser: yes (stabilised, mLSTM) | no
+
+so a new spec of the family needs no new code (tests/test_chunked.py has two).
+
+Kernels (BT = chunk length in substeps, default 64; grids over chunks of all sequences,
+or over (sequence, head) for the passes; varlen through cu_seqlens tables):
+
+* `chunk_cumsum`: G = chunk-local cumulative sum of the log-decays (fp32).
+* householder, `chunk_wy_fwd`: per chunk, A = strictly_lower(diag(beta) K K^T * exp(G_i - G_j)),
+  T = (I + A)^-1 by forward substitution inside 16-row diagonal blocks (one tl.dot per row,
+  all blocks at once) and the blocks' coupling by the Neumann series of the block-nilpotent
+  rest; W = T (beta exp(G) K), U = T (c V) with fp32 operands.
+* `chunk_fwd_h`: per (sequence, head, V block), the state passed over the chunks; stores
+  the state at each chunk start (householder: and v_new = U - W h, fp32).
+* `chunk_fwd_o`: per (V block, chunk), o = exp(G) q h + (q k^T * exp(G_i - G_j), causal) v.
+* backward: `chunk_bwd_dv` (the intra-chunk dv; householder: its local part), `chunk_bwd_dh`
+  (dS passed backward over chunks, stored at each chunk end; householder: adds the state
+  part of dv_new), `chunk_bwd_dqk` per (K block, chunk): dq, dk and that K block's share of
+  the log-decay gradient from the cumulative-gate identity dG_i = q_i.dq_i - k_i.dk_i
+  (+ the chunk-end term exp(G_last) <S, dS> + sum_j k_j.dk_state_j), reverse-cumsummed;
+  pairs (i, j) of one step are kept out of the identity (their terms cancel exactly, and
+  in bf16 their rounding would swamp a small dG); householder: `chunk_bwd_wy` back through
+  the UT form (dA = -T^T dT T^T) and the sum over K blocks.
+  States are stored by the forward (h, in the inputs' type), not recomputed.
+
+exp() is never taken of a positive number: scalar decays only appear as differences
+G_i - G_j with i >= j. Per-key decays (GLA) use secondary chunking: rows in sub-chunks of
+16; a sub-chunk's earlier columns come from one tl.dot with both factors scaled against
+the row just before the sub-chunk (q exp(G_i - G_ref), k exp(G_ref - G_j), both <= 1), its
+diagonal block column by column with per-element exp(G_ik - G_jk). mLSTM's exp input gates
+use the max-state stabiliser: states kept as S exp(-m), row stabilisers m_i, the
+denominator max(|n.q|, floor exp(-m_i)); the backward passes dS exp(m) so that it too stays
+in range, and gives the gradients of the exact function (m is a constant of it).
+
+Status (CPU interpreter, tests/test_chunked.py): outputs, final states and all gradients
+match the float64 reference (fp32 < 1e-4, bf16 < 2e-2) for simple_gla, retnet, mamba2,
+gla, mlstm, delta_net, gated_delta_net, delta_product (n = 2), ragged T and varlen.
+Kernels compile for sm_90; GPU timings come from benchmarks/chunked_gpu_check.py.
+Limits: K <= 256 in one tile for the state passes; int32 offsets (the host refuses
+B*T*H*n*max(K, V) or chunks*H*K*V >= 2**31); per-key decays with householder
+transitions, decays inside later substeps, and states read before their update are
+not of this family (`NotChunked`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import jinja2
+
+from .. import ir
+from ..resources import templates_dir
+from . import Lowered
+
+
+class NotChunked(Exception):
+    """The recurrence is not of the chunked family; the message says which part."""
+
+
+# ---- facts ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Substep:
+    """S = exp(decay) * [householder(key, beta) @] S + coeff * outer(key, value)."""
+    decay: ir.Expr | None          # log of the decay: scalar, or [K] for a per-key decay
+    beta: ir.Expr | None           # householder strength (scalar), None: plain transition
+    coeff: ir.Expr | None          # coefficient of outer(key, value); None: 1
+    key: ir.Expr                   # [K]
+    value: ir.Expr                 # [V]
+
+
+@dataclass(frozen=True)
+class ChunkedForm:
+    state: str
+    K: str                         # dim names of the state
+    V: str
+    substeps: tuple                # Substep, n of them per step
+    decay: str                     # "none" | "scalar" | "key"
+    householder: bool
+    coeff: str                     # "none" | "plain" | "log"
+    normaliser: str | None         # name of the [K] normaliser state
+    output: str
+    query: ir.Expr                 # [K] (per-step factors folded in)
+    scale: ir.Expr                 # const-only factor of S^T @ q
+    floor: ir.Expr | None          # const-only floor of the normaliser's denominator
+    extra: ir.Expr | None          # state-free additive term of the output
+
+
+# ---- expression helpers -------------------------------------------------------
+
+def _refs_state(e: ir.Expr) -> bool:
+    return any(isinstance(x, ir.Ref) and x.kind == "state" for x in ir.walk(e))
+
+
+def _const_only(e: ir.Expr) -> bool:
+    return all(not isinstance(x, ir.Ref) or x.kind in ("const", "dim") for x in ir.walk(e))
+
+
+def _inline(e: ir.Expr, lets: dict) -> ir.Expr:
+    if isinstance(e, ir.Ref) and e.kind == "let":
+        return lets[e.name]
+    if isinstance(e, ir.Call):
+        return replace(e, args=tuple(_inline(a, lets) for a in e.args))
+    if isinstance(e, ir.Binary):
+        return replace(e, lhs=_inline(e.lhs, lets), rhs=_inline(e.rhs, lets))
+    if isinstance(e, ir.Unary):
+        return replace(e, operand=_inline(e.operand, lets))
+    if isinstance(e, ir.Index):
+        return replace(e, base=_inline(e.base, lets))
+    return e
+
+
+def _mul(a: ir.Expr | None, b: ir.Expr | None) -> ir.Expr | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    shape = a.shape if len(a.shape) >= len(b.shape) else b.shape
+    return ir.Binary("*", a, b, shape)
+
+
+def _add(a: ir.Expr | None, b: ir.Expr | None) -> ir.Expr | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    shape = a.shape if len(a.shape) >= len(b.shape) else b.shape
+    return ir.Binary("+", a, b, shape)
+
+
+def _neg(a: ir.Expr) -> ir.Expr:
+    if isinstance(a, ir.Num):
+        return ir.Num(-a.value)
+    return ir.Unary("-", a, a.shape)
+
+
+def _terms(e: ir.Expr, sign: int = 1):
+    """Additive terms of e: [(sign, term)]."""
+    if isinstance(e, ir.Binary) and e.op in "+-":
+        return _terms(e.lhs, sign) + _terms(e.rhs, sign if e.op == "+" else -sign)
+    if isinstance(e, ir.Unary) and e.op == "-":
+        return _terms(e.operand, -sign)
+    return [(sign, e)]
+
+
+def _factors(e: ir.Expr):
+    """Multiplicative factors of e (through `*`, and `@` when a side is a scalar)."""
+    if isinstance(e, ir.Binary) and e.op == "*":
+        return _factors(e.lhs) + _factors(e.rhs)
+    if isinstance(e, ir.Unary) and e.op == "-":
+        return [ir.Num(-1.0)] + _factors(e.operand)
+    return [e]
+
+
+def _product(factors) -> ir.Expr | None:
+    out = None
+    for f in factors:
+        out = _mul(out, f)
+    return out
+
+
+def _log_of(decay: ir.Expr, what: str) -> ir.Expr:
+    """The log of a (scalar or vector) decay factor, as an expression."""
+    if isinstance(decay, ir.Call) and decay.fn == "exp":
+        return decay.args[0]
+    if isinstance(decay, ir.Call) and decay.fn == "sigmoid":
+        return ir.Call("logsigmoid", decay.args, decay.shape)
+    if isinstance(decay, ir.Num):
+        if decay.value <= 0:
+            raise NotChunked(f"{what}: a decay factor {decay.value} <= 0 has no log")
+        return ir.Num(math.log(decay.value))
+    return ir.Call("log", (decay,), decay.shape)
+
+
+# ---- the matcher ----------------------------------------------------------------
+
+def _parse_update(expr: ir.Expr, state: str, what: str):
+    """`a * [M @] state + c * outer(k, v)` -> (decay factors, matrix factors, outer term or None)."""
+    with_state = [(s, t) for s, t in _terms(expr) if _refs_state(t)]
+    without = [(s, t) for s, t in _terms(expr) if not _refs_state(t)]
+    if len(with_state) != 1:
+        raise NotChunked(f"{what}: the update must have exactly one term in the state, got {len(with_state)}")
+    sign, term = with_state[0]
+    scalars, matrices = ([ir.Num(-1.0)] if sign < 0 else []), []
+    node = term
+    while True:
+        if isinstance(node, ir.Ref) and node.kind == "state":
+            if node.name != state:
+                raise NotChunked(f"{what}: the update of {state} reads state {node.name}")
+            break
+        if isinstance(node, ir.Binary) and node.op == "@":
+            matrices.extend(_matrix_factors(node.lhs, scalars, what))
+            node = node.rhs
+            continue
+        if isinstance(node, ir.Binary) and node.op == "*":
+            left, right = node.lhs, node.rhs
+            if _refs_state(left):
+                left, right = right, left
+            if _refs_state(left) or left.shape != ():
+                raise NotChunked(f"{what}: the state is multiplied by a non-scalar or state-dependent factor")
+            scalars.extend(_factors(left))
+            node = right
+            continue
+        if isinstance(node, ir.Unary) and node.op == "-":
+            scalars.append(ir.Num(-1.0))
+            node = node.operand
+            continue
+        raise NotChunked(f"{what}: the state term is not a decay/transition applied to {state}")
+    outer = None
+    for s, t in without:
+        if outer is not None:
+            raise NotChunked(f"{what}: more than one input term in the update")
+        outer = (s, t)
+    return scalars, matrices, outer
+
+
+def _matrix_factors(m: ir.Expr, scalars: list, what: str):
+    """A transition matrix: scalar * householder(..) / diag(..) products. Appends scalar
+    factors to `scalars`, returns the matrix factors, outermost first."""
+    out = []
+    for f in _factors(m):
+        if f.shape == ():
+            if _refs_state(f):
+                raise NotChunked(f"{what}: a decay reads the state")
+            scalars.append(f)
+        elif isinstance(f, ir.Call) and f.fn in ("householder", "diag"):
+            if any(_refs_state(a) for a in f.args):
+                raise NotChunked(f"{what}: a transition reads the state")
+            out.append(f)
+        elif isinstance(f, ir.Binary) and f.op == "@":
+            out.extend(_matrix_factors(f.lhs, scalars, what))
+            out.extend(_matrix_factors(f.rhs, scalars, what))
+        else:
+            raise NotChunked(f"{what}: transition factor is not a scalar, diag(..) or householder(..)")
+    return out
+
+
+def _split_outer(sign: int, term: ir.Expr, what: str, vector_only: bool = False):
+    """`c * outer(k, v)` -> (coeff or None, k, v); with vector_only, `c * k` -> (coeff, k, None)."""
+    coeff = [ir.Num(-1.0)] if sign < 0 else []
+    found = None
+    for f in _factors(term):
+        if f.shape == ():
+            coeff.append(f)
+        elif not vector_only and isinstance(f, ir.Call) and f.fn == "outer":
+            if found is not None:
+                raise NotChunked(f"{what}: a product of two outer products")
+            found = f.args
+        elif vector_only and len(f.shape) == 1 and found is None:
+            found = (f, None)
+        else:
+            raise NotChunked(f"{what}: the input term is not a scalar times outer(k, v)")
+    if found is None:
+        raise NotChunked(f"{what}: the input term has no outer(k, v)")
+    return _product(coeff), found[0], found[1]
+
+
+def chunked_form(rec: ir.Recurrence) -> ChunkedForm:
+    """The chunked-family facts of `rec`, or NotChunked saying why not."""
+    if rec.topology != "sequence" or rec.monoids:
+        raise NotChunked("only sequence recurrences without combine operators")
+    mats = [s for s in rec.states if len(s.shape) == 2]
+    vecs = [s for s in rec.states if len(s.shape) == 1]
+    if len(mats) != 1 or len(vecs) > 1 or len(rec.states) != len(mats) + len(vecs):
+        raise NotChunked("needs one matrix state S[K, V] (and at most one normaliser state n[K])")
+    S = mats[0]
+    Kd, Vd = S.shape
+    if any(st.init != 0.0 for st in rec.states):
+        raise NotChunked("states must start at zero")
+    if len(rec.outputs) != 1:
+        raise NotChunked("needs exactly one output")
+
+    lets, stmts = {}, []
+    for st in ir.unrolled(rec.body):
+        if isinstance(st, ir.Let):
+            lets[st.name] = _inline(st.expr, lets)
+        elif isinstance(st, ir.Assign):
+            stmts.append(("assign", st.target, _inline(st.expr, lets)))
+        elif isinstance(st, ir.Emit):
+            stmts.append(("emit", st.output, _inline(st.expr, lets)))
+        else:
+            raise NotChunked(f"unsupported statement {type(st).__name__}")
+    if not stmts or stmts[-1][0] != "emit" or sum(1 for s in stmts if s[0] == "emit") != 1:
+        raise NotChunked("the output must be emitted once, after the state updates")
+
+    # substeps of the matrix state; pure decay steps fold into the next substep
+    substeps, pending, norm_update = [], None, None
+    for kind, target, expr in stmts[:-1]:
+        what = f"update of {target}"
+        if target != S.name:
+            if vecs and target == vecs[0].name and norm_update is None:
+                norm_update = expr
+                continue
+            raise NotChunked(f"{what}: only one normaliser update is supported")
+        scalars, matrices, outer = _parse_update(expr, S.name, what)
+        decay = None
+        for f in scalars:
+            decay = _add(decay, _log_of(f, what))
+        beta = None
+        for m in matrices:
+            if m.fn == "diag":
+                if beta is not None:
+                    raise NotChunked(f"{what}: a per-key decay with a householder transition")
+                decay = _add(decay, _log_of(m.args[0], what))
+            else:
+                if beta is not None:
+                    raise NotChunked(f"{what}: two householder factors in one assignment (use a for loop)")
+                if any(len(x.shape) == 1 for x in ([decay] if decay is not None else [])):
+                    raise NotChunked(f"{what}: a per-key decay with a householder transition")
+                beta = m
+        if pending is not None:
+            decay = _add(pending, decay)
+            pending = None
+        if outer is None:
+            if beta is not None:
+                raise NotChunked(f"{what}: a householder step without an input term")
+            pending = decay
+            continue
+        coeff, key, value = _split_outer(*outer, what)
+        if beta is not None:
+            if beta.args[0] != key:
+                raise NotChunked(f"{what}: the householder key differs from the outer product's key")
+            beta = beta.args[1]
+        substeps.append(Substep(decay, beta, coeff, key, value))
+    if pending is not None:
+        raise NotChunked("a decay after the last input term of the step")
+    if not substeps:
+        raise NotChunked(f"no update of {S.name}")
+
+    decays = [s.decay for s in substeps if s.decay is not None]
+    if any(len(d.shape) == 1 for d in decays):
+        if len(substeps) > 1:
+            raise NotChunked("a per-key decay with several substeps")
+        decay_kind = "key"
+    else:
+        decay_kind = "scalar" if decays else "none"
+    hh = [s.beta is not None for s in substeps]
+    if any(hh) and not all(hh):
+        raise NotChunked("householder and plain substeps mixed in one step")
+    householder = all(hh)
+    if householder and decay_kind == "key":
+        raise NotChunked("a per-key decay with a householder transition")
+    if any(s.decay is not None for s in substeps[1:]):
+        raise NotChunked("a decay inside a later substep")
+    coeffs = [s.coeff for s in substeps if s.coeff is not None]
+    coeff_kind = "plain" if coeffs else "none"
+
+    # the output
+    _, name, expr = stmts[-1]
+    normaliser = vecs[0].name if vecs else None
+    reads, extras = [], None
+    for sign, t in _terms(expr):
+        if _refs_state(t):
+            reads.append((sign, t))
+        else:
+            extras = _add(extras, t if sign > 0 else _neg(t))
+    if len(reads) != 1:
+        raise NotChunked("the output must read the state in exactly one term")
+    sign, term = reads[0]
+    floor, den_query = None, None
+    if isinstance(term, ir.Binary) and term.op == "/" and _refs_state(term.rhs):
+        den = term.rhs
+        if not (isinstance(den, ir.Call) and den.fn == "max" and len(den.args) == 2):
+            raise NotChunked("a state-dependent denominator must be max(abs(dot(n, q) * scale), floor)")
+        inner, floor = den.args
+        if _refs_state(floor) or not _const_only(floor):
+            inner, floor = floor, inner
+        if not (isinstance(inner, ir.Call) and inner.fn == "abs") or not _const_only(floor):
+            raise NotChunked("a state-dependent denominator must be max(abs(dot(n, q) * scale), floor)")
+        den_query = _read_query(inner.args[0], normaliser, "dot")
+        term = term.lhs
+    query = _read_query(term, S.name, "matvec")
+    if normaliser is not None:
+        if den_query is None or norm_update is None:
+            raise NotChunked("a normaliser state must be updated and read as the output's denominator")
+        if den_query != query:
+            raise NotChunked("the denominator must read the normaliser with the numerator's query and scale")
+        _check_normaliser(norm_update, normaliser, substeps)
+        coeff_kind = "log"
+    elif den_query is not None:
+        raise NotChunked("a denominator reading the state needs a normaliser state")
+    const_factor, per_step, q = query
+    if sign < 0:
+        const_factor = const_factor + [ir.Num(-1.0)]
+    scale = _product(const_factor) if const_factor else ir.Num(1.0)
+    return ChunkedForm(S.name, Kd, Vd, tuple(substeps), decay_kind, householder, coeff_kind, normaliser,
+                       name, _mul(per_step, q) if per_step is not None else q, scale,
+                       floor, extras)
+
+
+def _read_query(term: ir.Expr, state: str, how: str):
+    """A state read `S^T @ q * f` (how="matvec") or `dot(n, q) * f` (how="dot"):
+    (const factors, per-step scalar factor or None, query vector)."""
+    consts, per_step, read = [], None, None
+    for f in _factors(term):
+        if _refs_state(f):
+            if read is not None:
+                raise NotChunked("the output reads the state twice in one term")
+            read = f
+        elif _const_only(f):
+            consts.append(f)
+        elif f.shape == ():
+            per_step = _mul(per_step, f)
+        else:
+            raise NotChunked("the state read is multiplied by a vector")
+    if how == "matvec":
+        ok = (isinstance(read, ir.Binary) and read.op == "@" and isinstance(read.lhs, ir.Unary)
+              and read.lhs.op == "T" and isinstance(read.lhs.operand, ir.Ref) and read.lhs.operand.name == state
+              and not _refs_state(read.rhs))
+        if not ok:
+            raise NotChunked(f"the output must read the state as {state}^T @ q")
+        q = read.rhs
+    else:
+        ok = isinstance(read, ir.Call) and read.fn == "dot"
+        args = read.args if ok else ()
+        if ok and isinstance(args[1], ir.Ref) and args[1].name == state:
+            args = (args[1], args[0])
+        if not (ok and isinstance(args[0], ir.Ref) and args[0].name == state and not _refs_state(args[1])):
+            raise NotChunked(f"the denominator must read the normaliser as dot({state}, q)")
+        q = args[1]
+    q_factors = [f for f in _factors(q) if f.shape == () and _const_only(f)]
+    if q_factors:  # S^T @ (q * scale)
+        consts += q_factors
+        q = _product([f for f in _factors(q) if not (f.shape == () and _const_only(f))])
+    return consts, per_step, q
+
+
+def _check_normaliser(expr: ir.Expr, n: str, substeps: tuple):
+    scalars, matrices, outer = _parse_update(expr, n, f"update of {n}")
+    if matrices or outer is None or len(substeps) != 1:
+        raise NotChunked(f"the normaliser {n} must be updated as a * {n} + c * k")
+    sub = substeps[0]
+    if sub.beta is not None or (sub.decay is not None and len(sub.decay.shape) == 1):
+        raise NotChunked("a normaliser needs a scalar decay and a plain transition")
+    decay = None
+    for f in scalars:
+        decay = _add(decay, _log_of(f, f"update of {n}"))
+    coeff, key, _ = _split_outer(*outer, f"update of {n}", vector_only=True)
+    if decay != sub.decay or coeff != sub.coeff or key != sub.key:
+        raise NotChunked(f"the normaliser {n} must share the matrix state's decay, coefficient and key")
+    if not (isinstance(sub.coeff, ir.Call) and sub.coeff.fn == "exp"):
+        raise NotChunked("a normaliser is supported with an exp(.) input gate")
+
+
+# ---- per-step values as PyTorch code ---------------------------------------------
+
+_TORCH_UNARY = {
+    "exp": "torch.exp({})", "log": "torch.log({})", "sigmoid": "torch.sigmoid({})",
+    "logsigmoid": "torch.nn.functional.logsigmoid({})", "tanh": "torch.tanh({})",
+    "softplus": "torch.nn.functional.softplus({})", "relu": "torch.relu({})",
+    "silu": "torch.nn.functional.silu({})", "sqrt": "torch.sqrt({})", "abs": "torch.abs({})",
+    "step": "({0} > 0).to({0}.dtype)",
+}
+_TORCH_BINARY = {"max": "torch.maximum({}, {})", "min": "torch.minimum({}, {})"}
+
+
+class _PerStep:
+    """Emit the per-step expressions of a ChunkedForm as the body of a PyTorch function
+    `_per_step(x, p, c, d)`: x inputs [B, T, H, ...], p params [H, ...], c consts, d dims.
+    Values are computed in float32; a lone input reference is passed through as is.
+    Common subexpressions are computed once."""
+
+    def __init__(self):
+        self.lines = []
+        self.memo = {}
+
+    def value(self, e: ir.Expr) -> str:
+        if isinstance(e, ir.Ref) and e.kind == "input":
+            return f'x["{e.name}"]'
+        return self._fp32(e)
+
+    def _fp32(self, e: ir.Expr) -> str:
+        if e in self.memo:
+            return self.memo[e]
+        code = self._code(e)
+        if not _const_only(e):  # a tensor: computed once into a temporary
+            name = f"t{len(self.lines)}"
+            self.lines.append(f"{name} = {code}")
+            code = name
+        self.memo[e] = code
+        return code
+
+    def _lifted(self, e: ir.Expr, rank: int) -> str:
+        """e's value with unit axes appended up to `rank` value dims (constants are plain floats)."""
+        code = self._fp32(e)
+        if _const_only(e) or len(e.shape) >= rank:
+            return code
+        return code + "[" + ", ".join(["..."] + ["None"] * (rank - len(e.shape))) + "]"
+
+    def _code(self, e: ir.Expr) -> str:
+        if isinstance(e, ir.Num):
+            return repr(float(e.value))
+        if isinstance(e, ir.Ref):
+            if e.kind == "input":
+                return f'x["{e.name}"].float()'
+            if e.kind == "param":
+                return f'p["{e.name}"].float()'
+            if e.kind == "const":
+                return f'c["{e.name}"]'
+            if e.kind == "dim":
+                return f'float(d["{e.name}"])'
+            raise NotChunked(f"cannot compute '{e.name}' ({e.kind}) per step")
+        if isinstance(e, ir.Unary):
+            if e.op != "-":
+                raise NotChunked("a transpose in a per-step value")
+            return f"(-{self._fp32(e.operand)})"
+        if isinstance(e, ir.Binary):
+            if e.op == "@":
+                raise NotChunked("a matrix product in a per-step value")
+            r = max(len(e.lhs.shape), len(e.rhs.shape))
+            return f"({self._lifted(e.lhs, r)} {e.op} {self._lifted(e.rhs, r)})"
+        if isinstance(e, ir.Index):
+            if not isinstance(e.index, ir.Num):
+                raise NotChunked("a non-constant index in a per-step value")
+            return f"{self._fp32(e.base)}.select({-len(e.base.shape)}, {int(e.index.value)})"
+        if isinstance(e, ir.Call):
+            args = [self._fp32(a) for a in e.args]
+            if e.fn in _TORCH_UNARY:
+                return _TORCH_UNARY[e.fn].format(args[0])
+            if e.fn in _TORCH_BINARY:
+                r = max(len(a.shape) for a in e.args)
+                lifted = [self._lifted(a, r) for a in e.args]
+                if any(_const_only(a) for a in e.args):  # torch.maximum needs tensors
+                    lifted = [f"torch.as_tensor({c})" if _const_only(a) else c for c, a in zip(lifted, e.args)]
+                return _TORCH_BINARY[e.fn].format(*lifted)
+            if e.fn == "dot":
+                return f"({args[0]} * {args[1]}).sum(-1)"
+            if e.fn == "l2norm":
+                return f"({args[0]} / {args[0]}.norm(dim=-1, keepdim=True))"
+            if e.fn == "sum":
+                n = len(e.args[0].shape)
+                return f"{args[0]}.sum(dim={tuple(range(-n, 0))})" if n else args[0]
+            raise NotChunked(f"{e.fn}(..) in a per-step value")
+        raise NotChunked(f"cannot compute {type(e).__name__} per step")
+
+
+def per_step_source(values: dict, constants: dict | None = None) -> str:
+    """`def _per_step(x, p, c, d)` returning {key: tensor} for the named expressions, and
+    {key: float} for the named const-only ones."""
+    em = _PerStep()
+    out = {k: _const_code(e) for k, e in (constants or {}).items() if e is not None}
+    out |= {k: em.value(e) for k, e in values.items() if e is not None}
+    body = em.lines + ["return {" + ", ".join(f'"{k}": {v}' for k, v in out.items()) + "}"]
+    return "def _per_step(x, p, c, d):\n" + "".join(f"    {line}\n" for line in body)
+
+
+_MATH = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "abs": "abs", "tanh": "math.tanh"}
+
+
+def _const_code(e: ir.Expr) -> str:
+    """A const-only expression as Python arithmetic on floats."""
+    if isinstance(e, ir.Num):
+        return repr(float(e.value))
+    if isinstance(e, ir.Ref):
+        return f'c["{e.name}"]' if e.kind == "const" else f'float(d["{e.name}"])'
+    if isinstance(e, ir.Unary) and e.op == "-":
+        return f"(-{_const_code(e.operand)})"
+    if isinstance(e, ir.Binary) and e.op != "@":
+        return f"({_const_code(e.lhs)} {e.op} {_const_code(e.rhs)})"
+    if isinstance(e, ir.Call) and e.fn in _MATH:
+        return f"{_MATH[e.fn]}({_const_code(e.args[0])})"
+    if isinstance(e, ir.Call) and e.fn in ("max", "min"):
+        return f"{e.fn}({_const_code(e.args[0])}, {_const_code(e.args[1])})"
+    raise NotChunked("unsupported function in a constant factor")
+
+
+def _stacked_input(exprs: list):
+    """If exprs are x[0], x[1], ..., x[n-1] of one stacked input x, that input's Ref."""
+    base = exprs[0].base if isinstance(exprs[0], ir.Index) else None
+    if not (isinstance(base, ir.Ref) and base.kind == "input" and base.shape and base.shape[0] == len(exprs)):
+        return None
+    for j, e in enumerate(exprs):
+        if not (isinstance(e, ir.Index) and e.base == base and isinstance(e.index, ir.Num) and e.index.value == j):
+            return None
+    return base
+
+
+def _roles(form: ChunkedForm):
+    """(named per-step expressions for `_per_step`, lines of `_layout`)."""
+    ns = len(form.substeps)
+    values = {"q": form.query}
+    lines = ["K, V = dims[_KDIM], dims[_VDIM]",
+             'r = {"scale": vals["scale"], "floor": vals.get("floor")}',
+             'r["q"] = _vec(vals["q"], (B, T, H, K), dt)']
+
+    def stacked(role, exprs, dim, vector):
+        shape1 = f"(B, T, H, {dim})" if vector else "(B, T, H)"
+        dtype = "dt" if role in ("k", "v") else "torch.float32"
+        axis = -2 if vector else -1
+        if all(e is None for e in exprs):
+            return
+        if ns == 1:
+            values[role] = exprs[0]
+            lines.append(f'r["{role}"] = _vec(vals["{role}"], {shape1}, {dtype}).unsqueeze({axis})')
+            return
+        base = _stacked_input(exprs) if all(e is not None for e in exprs) else None
+        if base is not None:
+            values[role] = base
+            shape = f"(B, T, H, {ns}, {dim})" if vector else f"(B, T, H, {ns})"
+            lines.append(f'r["{role}"] = _vec(vals["{role}"], {shape}, {dtype})')
+            return
+        parts = []
+        for j, e in enumerate(exprs):
+            if e is None:
+                parts.append(f"torch.zeros({shape1}, device=vals['q'].device, dtype={dtype})")
+            else:
+                values[f"{role}{j}"] = e
+                parts.append(f'_vec(vals["{role}{j}"], {shape1}, {dtype})')
+        lines.append(f'r["{role}"] = torch.stack([{", ".join(parts)}], {axis})')
+
+    subs = form.substeps
+    stacked("k", [s.key for s in subs], "K", True)
+    stacked("v", [s.value for s in subs], "V", True)
+    stacked("g", [s.decay for s in subs], "K", form.decay == "key")
+    stacked("beta", [s.beta for s in subs], None, False)
+    if form.coeff == "log":
+        stacked("c", [s.coeff.args[0] for s in subs], None, False)
+    else:
+        stacked("c", [s.coeff for s in subs], None, False)
+    if form.extra is not None:
+        values["extra"] = form.extra
+    lines.append("return r")
+    return values, lines
+
+
+DEFAULT_TILES = {
+    "BT": 64,                # chunk length in substeps
+    "BC": 16,                # sub-chunk: per-key decays' secondary chunking, the UT transform's blocks
+    "BKS": 64,               # K block of the kernels that loop or split over K
+    # per kernel: (BV, num_warps, num_stages)
+    "wy": (64, 8, 2), "h": (32, 8, 2), "o": (64, 8, 2),
+    "dv": (64, 8, 2), "dh": (32, 8, 2), "dqk": (32, 8, 2), "wyb": (32, 8, 2),
+}
+KERNELS = ("wy", "h", "o", "dv", "dh", "dqk", "wyb")
+
+
+def tile_defaults(tiles: dict | None) -> dict:
+    """The tiles with defaults filled in; `BV` sets every kernel's V block (tests use it)."""
+    tiles = dict(tiles or {})
+    out = {**DEFAULT_TILES, **{k: v for k, v in tiles.items() if k != "BV"}}
+    if "BV" in tiles:
+        for kernel in KERNELS:
+            out[kernel] = (tiles["BV"],) + tuple(out[kernel][1:])
+    return out
+
+
+def lower_chunked(rec: ir.Recurrence, tiles: dict | None = None) -> Lowered:
+    """Lower a recurrence of the chunked family (see the module docstring)."""
+    form = chunked_form(rec)
+    if form.decay == "key" and form.coeff == "plain":
+        # the per-key kernels take the coefficient folded into the key
+        form = replace(form, coeff="none", substeps=tuple(
+            replace(s, key=_mul(s.coeff, s.key), coeff=None) for s in form.substeps))
+    values, layout = _roles(form)
+    per_step = per_step_source(values, {"scale": form.scale, "floor": form.floor})
+    layout_src = ('def _layout(vals, B, T, H, dims, dt):\n'
+                  '    """Per-step values in the kernels\' layouts: vectors in dt, scalars in fp32."""\n'
+                  + "".join(f"    {line}\n" for line in layout))
+    if form.decay == "key":  # the sub-chunked scores are computed once per chunk: one V block
+        tiles = {"o": (128, 8, 2), **(tiles or {})}
+    tiles = tile_defaults(tiles)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    ctx = dict(name=rec.name, decay=form.decay, hh=form.householder, coeff=form.coeff,
+               norm=form.normaliser is not None, normaliser=form.normaliser, ns=len(form.substeps),
+               state=form.state, output=form.output, kdim=form.K, vdim=form.V, tiles=repr(tiles),
+               per_step=per_step, layout=layout_src)
+    header = "import math\nimport os\n\nimport torch\nimport triton\nimport triton.language as tl\n\n"
+    kernels = ("chunked_common.jinja",) + (("chunked_fwd.jinja", "chunked_bwd.jinja") if form.normaliser is None
+                                           else ("chunked_norm.jinja",))
+    source = header + "\n".join(env.get_template(t).render(**ctx) for t in kernels + ("chunked_host.jinja",))
+    why = (f"matrix state {form.state}[{form.K}, {form.V}] with an affine update: decay {form.decay}, "
+           f"{'householder' if form.householder else 'plain'} transition x{len(form.substeps)}, "
+           f"coefficient {form.coeff}; chunk {tiles['BT']}")
+    return Lowered("chunked", source, why, tiles)
