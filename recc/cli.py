@@ -9,6 +9,7 @@ from pathlib import Path
 from . import __version__, ir
 from .check import fmt_shape, load
 from .errors import ReccError
+from .hardware import PRESETS
 
 DESCRIPTION = """\
 recc compiles a recurrence written in a small language (.rec files) into GPU
@@ -37,7 +38,16 @@ def _analysis():
     return analysis if hasattr(analysis, "facts_json") else None
 
 
-def spec_json(rec: ir.Recurrence) -> dict:
+def _tiles():
+    """The tile stage, if this build has it."""
+    try:
+        from . import tiles
+    except ImportError:
+        return None
+    return tiles
+
+
+def spec_json(rec: ir.Recurrence, hw=None) -> dict:
     data = {
         "name": rec.name,
         "file": rec.file,
@@ -52,10 +62,13 @@ def spec_json(rec: ir.Recurrence) -> dict:
     analysis = _analysis()
     if analysis is not None:
         data.update(analysis.facts_json(rec))
+    tiles = _tiles()
+    if tiles is not None and analysis is not None:
+        data["tiles"] = tiles.tiles_json(rec, hw)
     return data
 
 
-def spec_text(rec: ir.Recurrence) -> str:
+def spec_text(rec: ir.Recurrence, hw=None) -> str:
     decl = lambda d: d.name + ("[" + ", ".join(map(str, d.shape)) + "]" if d.shape else "")
     dims = ", ".join(d.name + (f" = {d.size}" if d.size is not None else "") for d in rec.dims)
     lines = [
@@ -70,6 +83,9 @@ def spec_text(rec: ir.Recurrence) -> str:
     analysis = _analysis()
     if analysis is not None:
         lines.append(analysis.facts_text(rec))
+    tiles = _tiles()
+    if tiles is not None and analysis is not None:
+        lines.append(tiles.tiles_text(rec, hw))
     return "\n".join(lines)
 
 
@@ -77,7 +93,8 @@ def cmd_check(args) -> int:
     results = []
     for path in args.files:
         rec = load(path)
-        results.append(spec_json(rec) if args.json else spec_text(rec))
+        hw = getattr(args, "hardware", None)
+        results.append(spec_json(rec, hw) if args.json else spec_text(rec, hw))
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     else:
@@ -92,7 +109,7 @@ def cmd_compile(args) -> int:
     out = Path(args.output) if args.output else Path(args.file).with_suffix(".py")
     if out.resolve() == Path(args.file).resolve():
         raise ReccError(f"{out}: refusing to overwrite the spec itself")
-    write_atomic(out, render_module(rec))
+    write_atomic(out, render_module(rec, strategy=args.strategy))
     print(f"wrote {out}: {rec.name}() and reference()")
     return 0
 
@@ -106,11 +123,16 @@ def parser() -> argparse.ArgumentParser:
                        description="Parse and check spec files. Exit status 1 on the first error.")
     c.add_argument("files", nargs="+", metavar="FILE", help="a .rec spec")
     c.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    c.add_argument("--hardware", choices=tuple(PRESETS), default=None,
+                   help="choose tiles for this hardware model (default: this machine's GPU; without one, or under "
+                        "TRITON_INTERPRET=1, the interpreter model; RECC_HARDWARE sets it too)")
     c.set_defaults(run=cmd_check)
     m = sub.add_parser("compile", help="compile a spec into an importable Python module",
                        description="Compile a spec into a Python module exposing the op and its reference.")
     m.add_argument("file", metavar="FILE", help="a .rec spec")
     m.add_argument("-o", "--output", metavar="OUT.py", help="where to write the module (default: FILE with .py)")
+    m.add_argument("--strategy", choices=("chunked", "scan", "cell", "recurrent"),
+                   help="use this strategy (default: the best one that lowers the spec)")
     m.set_defaults(run=cmd_compile)
     return p
 

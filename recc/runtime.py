@@ -1,13 +1,16 @@
-"""Stage 6: compile once, cache by content, import.
+"""Stage 7: compile once, cache by content, import; and the small helpers the
+generated modules call at run time.
 
 `load(path)` checks the spec, renders its module into the user's cache
-directory under a key made of the spec's text and the versions of recc,
-triton and torch, and imports it. A second call with the same inputs only
-imports. Files are written to a temporary name and renamed, so a crash never
-leaves a half-written module behind.
+directory under a key made of the spec's text, recc's own source (code and
+templates) and the versions of triton and torch, and imports it. A second call
+with the same inputs only imports (and, in one process, returns the module
+already imported). Files are written to a temporary name and renamed, so a
+crash never leaves a half-written module behind.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -17,12 +20,27 @@ from pathlib import Path
 
 from . import __version__
 from .check import load as load_spec
+from .errors import ArgumentError
+
+_PACKAGE = Path(__file__).resolve().parent
 
 
 def cache_dir() -> Path:
     root = os.environ.get("RECC_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "recc")
     return Path(root)
+
+
+@functools.lru_cache(maxsize=1)
+def _recc_digest() -> str:
+    """A hash of recc's own code and templates: a changed compiler means a new module."""
+    from .resources import templates_dir
+    h = hashlib.sha256()
+    files = sorted(_PACKAGE.rglob("*.py")) + sorted(Path(templates_dir()).glob("*.jinja"))
+    for f in files:
+        h.update(str(f.relative_to(f.parent.parent)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _versions() -> str:
@@ -32,11 +50,13 @@ def _versions() -> str:
     except ImportError:  # pragma: no cover - triton is a dependency
         triton_version = "none"
     import torch
-    return f"recc={__version__};triton={triton_version};torch={torch.__version__}"
+    return f"recc={__version__}+{_recc_digest()};triton={triton_version};torch={torch.__version__}"
 
 
-def cache_key(source: str) -> str:
-    return hashlib.sha256((_versions() + "\0" + source).encode("utf-8")).hexdigest()[:24]
+def cache_key(source: str, strategy: str | None = None, tiles: dict | None = None) -> str:
+    choices = (strategy or "auto") + repr(sorted((tiles or {}).items()))
+    text = _versions() + "\0" + choices + "\0" + source
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -55,21 +75,146 @@ def import_path(path: Path, module_name: str):
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
     return module
 
 
-def load(path: str | os.PathLike):
+def load(path: str | os.PathLike, strategy: str | None = None, tiles: dict | None = None):
     """Compile a spec (once; cached) and return its op. The op carries
-    `.reference` (the float64 oracle) and `.module` (the generated module)."""
+    `.reference` (the float64 oracle) and `.module` (the generated module).
+    `strategy` forces one strategy, `tiles` overrides tile choices (see `recc.plan`)."""
     from .render import render_module
     rec = load_spec(path)
-    key = cache_key(rec.source)
-    target = cache_dir() / key / f"{rec.name}.py"
-    if not target.exists():
-        write_atomic(target, render_module(rec))
-    module = import_path(target, f"recc_generated_{rec.name}_{key}")
+    key = cache_key(rec.source, strategy, tiles)
+    module_name = f"recc_generated_{rec.name}_{key}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        target = cache_dir() / key / f"{rec.name}.py"
+        if not target.exists():
+            write_atomic(target, render_module(rec, strategy=strategy, tiles=tiles))
+        module = import_path(target, module_name)
     op = getattr(module, rec.name)
     op.reference = module.reference
     op.module = module
     return op
+
+
+# ---- used by generated modules at run time ------------------------------------
+
+_OP_NAMES = set()
+
+
+def op_name(name: str, spec_hash: str) -> str:
+    """A custom-op name `recc::<name>_<hash>` not yet registered in this process
+    (a module imported twice registers its ops under a fresh suffix)."""
+    import torch
+    base = f"{name}_{spec_hash[:10]}"
+    candidate, n = base, 1
+    while candidate in _OP_NAMES or hasattr(torch.ops.recc, candidate):
+        n += 1
+        candidate = f"{base}_{n}"
+    _OP_NAMES.add(candidate)
+    _OP_NAMES.add(candidate + "_backward")
+    return f"recc::{candidate}"
+
+
+def kernels_available(device) -> bool:
+    """Can Triton kernels run on this device: a GPU, or the CPU under TRITON_INTERPRET=1."""
+    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def check_contiguous(call) -> None:
+    """Kernels index tensors as dense row-major blocks: name the argument that is not."""
+    op = call.rec.name
+    named = list(call.inputs.items()) + list(call.params.items())
+    named += [("initial_state" if len(call.rec.states) == 1 else f"initial_state[{k}]", v)
+              for k, v in (call.initial_state or {}).items()]
+    if call.cu_seqlens is not None:
+        named.append(("cu_seqlens", call.cu_seqlens))
+    for name, t in named:
+        if not t.is_contiguous():
+            raise ArgumentError(f"{op}(): argument '{name}' must be contiguous (call .contiguous() on it), "
+                                f"got strides {tuple(t.stride())} for shape {tuple(t.shape)}")
+
+
+def chunk_offsets(cu_seqlens, chunk: int):
+    """[N] int32: index of each sequence's first checkpoint when sequence i has
+    ceil(length_i / chunk) checkpoints (computed on the device, no sync)."""
+    import torch
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    counts = (lengths + chunk - 1) // chunk
+    return (torch.cumsum(counts, 0) - counts).to(torch.int32)
+
+
+def fresh_states(rec, call, device) -> dict:
+    """The states before any step: the initial state if given, else each state's init value (fp32)."""
+    import torch
+    out = {}
+    for s in rec.states:
+        shape = (call.N, call.H) + tuple(call.dims[d] if isinstance(d, str) else d for d in s.shape)
+        given = (call.initial_state or {}).get(s.name)
+        out[s.name] = given.to(torch.float32).clone() if given is not None else \
+            torch.full(shape, s.init, dtype=torch.float32, device=device)
+    return out
+
+
+def or_zeros(x, shape, kwargs):
+    """A gradient that autograd may leave out (None) or hand over strided: dense, or zeros."""
+    import torch
+    return torch.zeros(shape, **kwargs) if x is None else x.contiguous()
+
+
+def result_like(rec, call, dtype, device) -> tuple:
+    """Empty outputs [B, T, H, ...] (dtype) and final states [N, H, ...] (fp32), for fake tensors."""
+    import torch
+    size = lambda shape: tuple(call.dims[d] if isinstance(d, str) else d for d in shape)
+    outputs = [torch.empty((call.B, call.T, call.H) + size(o.shape), dtype=dtype, device=device)
+               for o in rec.outputs]
+    finals = [torch.empty((call.N, call.H) + size(s.shape), dtype=torch.float32, device=device) for s in rec.states]
+    return outputs, finals
+
+
+def dealias(results: list, inputs: tuple) -> list:
+    """A custom op may not return its inputs, views of them, or one tensor
+    twice: copy those (e.g. a strategy that saves an input or an output for
+    its backward gets a copy)."""
+    seen = {x.untyped_storage().data_ptr() for x in inputs if x is not None and x.numel()}
+    out = []
+    for r in results:
+        if r.numel():
+            pointer = r.untyped_storage().data_ptr()
+            if pointer in seen:
+                r = r.clone()
+            seen.add(pointer)
+        out.append(r)
+    return out
+
+
+class autograd_enabled:
+    """Inside a custom op, autograd is switched off below the op; a strategy's
+    `_backward` may still differentiate its own per-step expressions with
+    torch.autograd. This turns autograd back on for the block (grad mode and
+    the autograd dispatch keys), and restores the previous state after."""
+
+    def __enter__(self):
+        import torch
+        keys = torch._C.DispatchKey
+        self.keys = [getattr(keys, k) for k in ("AutogradFunctionality", "AutogradOther", "AutogradNestedTensor",
+                                                "AutogradCPU", "AutogradCUDA") if hasattr(keys, k)]
+        self.saved = [torch._C._dispatch_tls_is_dispatch_key_excluded(k) for k in self.keys]
+        for k in self.keys:
+            torch._C._dispatch_tls_set_dispatch_key_excluded(k, False)
+        self.grad = torch.enable_grad()
+        self.grad.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+        self.grad.__exit__(*exc)
+        for k, v in zip(self.keys, self.saved):
+            torch._C._dispatch_tls_set_dispatch_key_excluded(k, v)
+        return False

@@ -24,6 +24,18 @@ leading underscore):
 
 The generated module wraps them in a torch.autograd.Function and a
 torch.library custom op; strategies never deal with autograd themselves.
+Inside the op, `_backward` runs with autograd switched back on (a strategy may
+differentiate its own per-step torch expressions). Tensors returned by
+`_forward` that are inputs, views of inputs, or returned twice are copied by
+the op (a custom op may not alias).
+
+Optionally, for torch.compile (which runs the op on fake tensors):
+
+    def _saved_like(call):
+        # empty tensors with the shapes and dtypes of `saved` for this call
+        # (call.requires_grad says whether a backward will follow)
+
+Without it the op works eagerly, and torch.compile raises a clear error.
 """
 from __future__ import annotations
 

@@ -1,0 +1,214 @@
+"""The generated module: what it contains, how it is cached and loaded, how the op
+checks its arguments, registers as a custom op and survives torch.compile."""
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import recc
+from recc import runtime
+from recc.check import load as load_spec
+from recc.cli import main as recc_main
+from recc.errors import ArgumentError, ReccError
+from recc.plan import plan
+from recc.render import render_module, spec_hash
+from oracle import assert_close_to_reference, random_arguments, random_initial_state, relative_error
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECC_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def gla_op():
+    op = recc.load(SPECS / "gla.rec", strategy="recurrent")
+    op.module.TILES.update(BV=4, BV_bwd=4, CHUNK=4)
+    return op
+
+
+def gla_args(B=2, T=6, H=1, size=8, seed=0):
+    rec = load_spec(SPECS / "gla.rec")
+    return random_arguments(rec, B, T, H, {"K": size, "V": size}, seed=seed)
+
+
+# ---- the module's text ----------------------------------------------------------------
+
+def test_module_names_its_kernels_strategy_tiles_and_spec_hash():
+    rec = load_spec(SPECS / "gated_delta_net.rec")
+    text = render_module(rec, strategy="recurrent")
+    header = ast.get_docstring(ast.parse(text))
+    assert spec_hash(rec.source) in header
+    assert "strategy:    recurrent" in header
+    assert "BV=32" in header and "BV_bwd=64" in header and "CHUNK=32" in header
+    assert "state tile [BV, BK]" in header and "REG_STEPS=1" in header
+    for kernel in ("gated_delta_net_fwd_kernel", "gated_delta_net_bwd_kernel"):
+        assert f"def {kernel}(" in text
+    assert "class GatedDeltaNetFunction(torch.autograd.Function)" in text
+    assert "torch.library.register_autograd" in text and ".register_fake" in text
+
+
+def test_the_householder_transition_is_applied_not_built():
+    text = render_module(load_spec(SPECS / "delta_net.rec"), strategy="recurrent")
+    assert "tl.dot" not in text
+    assert "[BK, BK]" not in text          # no K x K matrix is ever materialised
+
+
+def test_the_spec_text_enters_the_module_only_as_a_string(tmp_path):
+    spec = tmp_path / "tricky.rec"
+    spec.write_text('# """ + __import__("os").system("echo pwned") + """\n'
+                    "recurrence tricky\n  dims D\n  input a[D]: gate, b[D]\n  state x[D]\n"
+                    "  x = a * x + b\n  output y[D] = x\n")
+    tree = ast.parse(render_module(load_spec(spec), strategy="recurrent"))
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "system"]
+    assert not calls
+
+
+def test_a_spec_no_kernel_lowers_runs_the_reference(tmp_path, monkeypatch):
+    monkeypatch.setattr("recc.plan.candidates", lambda rec: ("recurrent",))
+    rec = load_spec(SPECS / "lstm.rec")
+    chosen, lowered = plan(rec)
+    assert chosen.strategy == "reference" and lowered is None
+    assert "square matrix over D" in chosen.why
+    text = render_module(rec)
+    assert "No kernel lowering accepts this spec yet" in text
+
+
+def test_a_forced_strategy_that_cannot_lower_the_spec_says_why():
+    with pytest.raises(ReccError, match="strategy 'recurrent' cannot lower this spec: R.* square matrix"):
+        plan(load_spec(SPECS / "lstm.rec"), "recurrent")
+
+
+def test_compile_command_writes_the_recurrent_module(tmp_path):
+    out = tmp_path / "gla_module.py"
+    assert recc_main(["compile", str(SPECS / "gla.rec"), "-o", str(out), "--strategy", "recurrent"]) == 0
+    module = runtime.import_path(out, "compiled_gla_for_test")
+    assert module.STRATEGY == "recurrent"
+    args = gla_args()
+    module.TILES.update(BV=4, BV_bwd=4, CHUNK=4)
+    assert_close_to_reference(module.gla, module._REC, args, tol=1e-4)
+
+
+# ---- cache and loading ------------------------------------------------------------------
+
+def test_second_load_imports_from_the_cache_without_rendering(monkeypatch):
+    first = recc.load(SPECS / "retnet.rec", strategy="recurrent")
+    name = first.module.__name__
+    monkeypatch.delitem(sys.modules, name)
+
+    def refuse(*a, **k):
+        raise AssertionError("rendered again")
+    monkeypatch.setattr("recc.render.render_module", refuse)
+    second = recc.load(SPECS / "retnet.rec", strategy="recurrent")
+    assert second.module is not first.module
+    assert Path(second.module.__file__) == Path(first.module.__file__)
+    assert recc.load(SPECS / "retnet.rec", strategy="recurrent").module is second.module
+
+
+def test_cache_key_follows_the_spec_text_and_strategy():
+    rec = load_spec(SPECS / "gla.rec")
+    key = runtime.cache_key(rec.source, "recurrent")
+    assert key == runtime.cache_key(rec.source, "recurrent")
+    assert key != runtime.cache_key(rec.source + "\n", "recurrent")
+    assert key != runtime.cache_key(rec.source, None)
+
+
+def test_a_module_imported_twice_registers_its_op_under_a_fresh_name(tmp_path):
+    out = tmp_path / "retnet_twice.py"
+    recc_main(["compile", str(SPECS / "retnet.rec"), "-o", str(out), "--strategy", "recurrent"])
+    a = runtime.import_path(out, "retnet_twice_a")
+    b = runtime.import_path(out, "retnet_twice_b")
+    assert a._OP != b._OP and a._OP.startswith("recc::retnet_")
+
+
+# ---- the op -----------------------------------------------------------------------------
+
+def test_the_op_is_a_custom_op_with_autograd():
+    op = gla_op()
+    name = op.module._OP.split("::")[1]
+    assert hasattr(torch.ops.recc, name) and hasattr(torch.ops.recc, name + "_backward")
+    args = [a.requires_grad_() for a in gla_args()]
+    out, final = op(*args, output_final_state=True)
+    assert final.dtype == torch.float32 and out.grad_fn is not None
+    (out.sum() + final.sum()).backward()
+    assert all(a.grad is not None for a in args)
+
+
+def test_no_checkpoints_are_saved_without_gradients():
+    op = gla_op()
+    q, k, v, g = gla_args()
+    results = op.module._gla_op(q, k, v, g, 8 ** -0.5, None, None, False)
+    assert results[2].shape[0] == 0
+    results = op.module._gla_op(q, k, v, g, 8 ** -0.5, None, None, True)
+    assert results[2].shape[0] == 2 * 2            # two sequences of 6 steps, a checkpoint every 4
+
+
+def test_torch_compile_fullgraph_keeps_the_op_whole():
+    op = gla_op()
+    args = gla_args(seed=5)
+    init = random_initial_state(op.module._REC, args)
+
+    def loss(q, k, v, g, h0):
+        o, s = op(q, k, v, g, initial_state=h0, output_final_state=True)
+        return (o * o).sum() + s.sum()
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    eager_leaves = [t.clone().requires_grad_() for t in args + [init]]
+    compiled_leaves = [t.clone().requires_grad_() for t in args + [init]]
+    loss(*eager_leaves).backward()
+    compiled(*compiled_leaves).backward()
+    for a, b in zip(eager_leaves, compiled_leaves):
+        assert relative_error(b.grad, a.grad) < 1e-6
+
+
+def test_on_a_device_without_kernels_the_op_runs_the_reference(monkeypatch):
+    op = gla_op()
+    args = gla_args()
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not runtime.kernels_available(args[0].device)
+    out, _ = op(*args)
+    ref, _ = op.reference(*args)
+    assert relative_error(out, ref) < 1e-5
+
+
+# ---- argument errors name the argument ---------------------------------------------------
+
+def test_a_non_contiguous_input_is_named():
+    op = gla_op()
+    q, k, v, g = gla_args()
+    k = torch.cat([k, k], dim=-1)[..., ::2]          # every other element: strided
+    with pytest.raises(ArgumentError, match=r"gla\(\): argument 'k' must be contiguous"):
+        op(q, k, v, g)
+
+
+def test_a_non_contiguous_initial_state_is_named():
+    op = gla_op()
+    args = gla_args()
+    init = random_initial_state(op.module._REC, args).transpose(-1, -2)
+    with pytest.raises(ArgumentError, match="argument 'initial_state' must be contiguous"):
+        op(*args, initial_state=init)
+
+
+def test_a_wrong_shape_is_named_with_the_expected_layout():
+    op = gla_op()
+    q, k, v, g = gla_args()
+    with pytest.raises(ArgumentError, match=r"argument 'g' must have shape \[B, T, H, K\] = \[2, 6, 1, 8\]"):
+        op(q, k, v, g[..., :4])
+
+
+def test_a_wrong_dtype_is_named():
+    op = gla_op()
+    q, k, v, g = gla_args()
+    with pytest.raises(ArgumentError, match="argument 'v' must be a floating-point tensor, got torch.int64"):
+        op(q, k, v.long(), g)
+
+
+def test_cu_seqlens_must_cover_the_packed_batch():
+    op = gla_op()
+    args = gla_args(B=1)
+    with pytest.raises(ArgumentError, match="'cu_seqlens' must rise from 0 to T = 6"):
+        op(*args, cu_seqlens=torch.tensor([0, 2, 5]))
