@@ -86,7 +86,8 @@ def _quiet():
 # tiles for the interpreter: blocks of 16 steps, 16 channels
 SMALL = dict(variant="chunks", R=4, W=4, BT=16, BD=16, num_warps=4, fill=False)
 VARIANTS = {"chunks-4x4": dict(SMALL), "chunks-3x8": dict(SMALL, R=3, W=8),
-            "tile-16": dict(SMALL, variant="tile"), "tile-32": dict(SMALL, variant="tile", BT=32)}
+            "tile-16": dict(SMALL, variant="tile"), "tile-32": dict(SMALL, variant="tile", BT=32),
+            "lookback-16": dict(SMALL, variant="lookback"), "lookback-32": dict(SMALL, variant="lookback", BT=32)}
 
 
 def scan_op(name, specs_dir, tiles=None):
@@ -127,7 +128,8 @@ def test_first_order_default_tiles(specs_dir):
     assert_close_to_reference(op, rec, args, {"initial_state": random_initial_state(rec, args)})
 
 
-@pytest.mark.parametrize("variant,T", [("chunks-3x8", 70), ("tile-16", 13), ("tile-16", 70), ("tile-32", 70)])
+@pytest.mark.parametrize("variant,T", [("chunks-3x8", 70), ("tile-16", 13), ("tile-16", 70), ("tile-32", 70),
+                                       ("lookback-16", 13), ("lookback-16", 70), ("lookback-32", 70)])
 def test_first_order_kernel_variants(variant, T, specs_dir):
     check("first_order", specs_dir, T=T, tiles=VARIANTS[variant], initial_state=True)
 
@@ -206,8 +208,8 @@ def lowered_op(rec, tmp_path, tiles, **options):
 
 @pytest.mark.parametrize("variant,options", [
     ("chunks-4x4", {}), ("tile-16", {}), ("tile-16", dict(prefetch=False)),
-    ("tile-16", dict(prefetch=False, loop_stages=2)),
-], ids=["chunks", "tile-prefetch", "tile-plain", "tile-stages"])
+    ("tile-16", dict(prefetch=False, loop_stages=2)), ("lookback-16", {}),
+], ids=["chunks", "tile-prefetch", "tile-plain", "tile-stages", "lookback"])
 def test_lowered_source_with_saved_outputs(variant, options, tmp_path):
     rec = recc.load_spec("specs/first_order.rec")
     args = random_arguments(rec, 2, 40, 2, {"D": 12})
@@ -276,3 +278,19 @@ def test_coupled_states_are_refused():
                      "  x = a * x + z\n  z = a * z\n  output y[D] = x\n")
     with pytest.raises(NotScannable, match="reads state 'z'"):
         scan_form(rec)
+
+
+# ---- the look-back variant: time split over the grid, carries passed between programs -------
+
+@pytest.mark.parametrize("name", ["first_order", "softmax_scan", "hgrn", "diagonal_ssm", "two_states", "scalar_gate"])
+def test_lookback_variant_matches_reference(name, specs_dir):
+    check(name, specs_dir, B=2, T=40, D=20, tiles=VARIANTS["lookback-16"], initial_state=True)
+
+
+def test_lookback_variant_falls_back_for_varlen(specs_dir):
+    check("first_order", specs_dir, H=2, seqlens=[7, 0, 20], tiles=VARIANTS["lookback-16"], initial_state=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lookback_variant_half_inputs(dtype, specs_dir):
+    check("first_order", specs_dir, T=40, tiles=VARIANTS["lookback-16"], dtype=dtype)

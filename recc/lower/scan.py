@@ -13,18 +13,24 @@ acts on each channel independently (`scan_form` recognises them):
 
 Layout: inputs [B, T, H, D] (D contiguous). A program owns (sequence, head, BD
 channels) and walks its sequence ([bos, eos) of `cu_seqlens`, or row b) in
-blocks, carrying the state from block to block. Two kernel families are
+blocks, carrying the state from block to block. Three kernel families are
 generated; `_SCAN_TILES["variant"]` in the generated module picks one per call:
 
-* `chunks` (default): a block is W chunks of R consecutive steps; a thread owns
+* `chunks`: a block is W chunks of R consecutive steps; a thread owns
   one chunk (of 16-byte vectors of channels) and steps through it sequentially.
   Pass 1 composes the elements of each chunk's predecessor (the carry stands in
   for the predecessor of chunk 0), one `tl.associative_scan` over the W chunks
   gives every chunk's starting state, pass 2 steps through the chunk again
   (loads hit L1/L2), emitting outputs. R loads per thread are in flight in
   pass 1; no shuffles per step; few registers.
-* `tile`: one `tl.associative_scan` over axis 0 of a [BT, BD] tile per block
-  (optionally the next block's tiles loaded before scanning the current one).
+* `tile` (default): one `tl.associative_scan` over axis 0 of a [BT, BD] tile per block
+  (the next block's tiles loaded before scanning the current one).
+* `lookback` (experimental, not used by default: on an H100 it gave wrong results at
+  BD = 64 with 4 and 8 warps, a race in the carry hand-off not yet found; it was also
+  slower than `tile`): the `tile` block with time split over the grid: a program per
+  (block, sequence, head, BD channels), ids taken from a counter at start (so a block's
+  predecessor is resident); the carry goes from program to program as a 64-bit word per
+  channel (flag << 32 | fp32 bits). Varlen batches use `tile`.
 
 Backward: the adjoint of a scan is a reverse-time affine scan. With
 S_t = F(S_{t-1}, u_t), J_t = dF/dS_{t-1} at step t and g_t the cotangent the
@@ -526,13 +532,27 @@ _CALLS = {
 def scan_tiles() -> dict:
     """Tile defaults (the generated module shrinks them for small D and T).
 
-    `chunks` (default): a program owns BD channels; a block of R * W steps is W chunks of R
+    `chunks`: a program owns BD channels; a block of R * W steps is W chunks of R
     consecutive steps, each chunk scanned step by step inside its threads (R loads in flight
     per thread, no shuffles), the W chunks combined by one `tl.associative_scan`. BD = 32
     fp32 channels: 128-byte rows, 16-byte vectors over 8 lanes; W = 16 chunks fill the other
     4 lanes x 4 warps; R = 16 steps per chunk (256 steps per block).
-    `tile`: one `tl.associative_scan` over a [BT, BD] tile per block (BT = 64)."""
-    return {"variant": "chunks", "R": 16, "W": 16, "BT": 64, "BD": 32, "num_warps": 4}
+    `tile` (default): one `tl.associative_scan` over a [BT, BD] tile per block, walked by one
+    program, the next block's loads issued before the current block is scanned. Measured on an
+    H100 (Triton 3.6, B=4 T=4096 H=16 D=128 fp32, `python benchmarks/bench.py --ops scan --sweep
+    --T 4096`): BT=64 BD=32 4 warps is the fastest of 30 configs, fwd 0.149 ms, bwd 0.248 ms
+    (accelerated-scan: 0.141 / 0.372 fwd / fwd+bwd).
+    `lookback` (experimental, off): the `tile` block, but one block per program, time split over the
+    grid (B * H * D / BD * T / BT programs instead of B * H * D / BD), the carry passed from
+    program to program through a flagged word per channel. With [B, T, H, D] inputs and B * H *
+    D / BD ~ 256 programs, a program per channel tile walking T keeps too few loads in flight
+    (latency-bound, ~0.2 ms against a ~0.134 ms floor at B=4 T=4096 H=16 D=128 on an H100);
+    split over time, every tile's loads are issued at once and only the carry hop is serial.
+    BT = 128, BD = 32, 8 warps: 90 (forward) and 128 (backward) registers on sm_90, no spills,
+    32 hops per sequence. Varlen batches fall back to `tile` with the same tiles. On the H100 it
+    was slower than `tile` (best 0.166 ms fwd) and gave wrong results at BD = 64 with 4 or 8
+    warps (relative error ~0.4 against `tile`): a race in the hand-off, not yet found."""
+    return {"variant": "tile", "R": 8, "W": 32, "BT": 64, "BD": 32, "num_warps": 4}
 
 
 # ---- lowering ---------------------------------------------------------------------------
@@ -557,6 +577,9 @@ def lower_scan(rec: ir.Recurrence, *, prefetch: bool = True, loop_stages: int | 
     if tiles["variant"] == "chunks":
         block = (f"blocks of W={tiles['W']} chunks x R={tiles['R']} steps (sequential in a thread, "
                  f"parallel scan across chunks)")
+    elif tiles["variant"] == "lookback":
+        block = (f"a tl.associative_scan over blocks of BT={tiles['BT']} steps, a program per block "
+                 f"(carry passed between programs; varlen: blocks walked in one program)")
     else:
         block = f"a tl.associative_scan over blocks of BT={tiles['BT']} steps"
     why = (f"elementwise states over [{form.dim}] ({kinds}): {block}, carry across blocks; "
