@@ -40,7 +40,8 @@ def main(name="gated_delta_net"):
     ref, ref_final = module.reference(*args, output_final_state=True)
     err = (out.double() - ref).abs().max().item()
     rel = ((out.double() - ref).norm() / ref.norm()).item()
-    print(f"{name}: output {tuple(out.shape)} {out.dtype}; max |op - reference| = {err:.3e}, relative {rel:.3e}")
+    print(f"{name} ({module.STRATEGY} kernels, Triton interpreter): output {tuple(out.shape)} {out.dtype}; "
+          f"max |op - reference| = {err:.3e}, relative {rel:.3e}")
     return 0 if rel < 1e-4 else 1
 
 
