@@ -85,9 +85,96 @@ def const_value(rec: ir.Recurrence, expr: ir.Expr, dims: dict, consts: dict) -> 
     raise TypeError(f"not a const expression: {expr}")
 
 
+# Checked calls by what the checks read: (id of the Recurrence, the _call_key) ->
+# (rec, consts, dims, B, T, H). Every check `bind` makes except the values of
+# cu_seqlens is a function of that key, so a call whose key was seen before
+# only needs its cu_seqlens values checked. Failing calls are never stored.
+_BOUND_CACHE: dict = {}
+_BOUND_CACHE_SIZE = 256
+_PLAIN = (int, float, bool, type(None))
+_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _tensor_key(t):
+    return (t.shape, t.dtype, t.device)
+
+
+def _call_key(args: tuple, kwargs: dict):
+    """A hashable summary of the call (types, shapes, dtypes, devices, const values,
+    option keys), or None where the call is unusual (non-tensors, symbolic shapes, ...)."""
+    if not all(type(t) in _TENSORS for t in args):
+        return None
+    init = kwargs.get("initial_state")
+    if init is None or type(init) in _TENSORS:
+        given = init
+    elif type(init) in (tuple, list) and all(type(t) in _TENSORS for t in init):
+        given = (type(init),) + tuple(init)
+    else:
+        return None
+    cu = kwargs.get("cu_seqlens")
+    if cu is not None and type(cu) not in _TENSORS:
+        return None
+    options = []
+    for k, v in kwargs.items():
+        if k in ("initial_state", "cu_seqlens"):
+            continue
+        if type(v) not in _PLAIN:
+            return None
+        options.append((k, type(v), v))
+    key = (tuple(_tensor_key(t) for t in args),
+           None if given is None else _tensor_key(given) if type(given) in _TENSORS else
+           given[:1] + tuple(_tensor_key(t) for t in given[1:]),
+           None if cu is None else _tensor_key(cu),
+           tuple(sorted(options)), "initial_state" in kwargs, "cu_seqlens" in kwargs)
+    try:
+        hash(key)  # symbolic sizes (torch.compile's fake tensors) are not hashable
+    except TypeError:
+        return None
+    return key
+
+
+def _check_cu_values(op: str, cu, T: int) -> None:
+    c = cu.tolist()
+    if c[0] != 0 or c[-1] != T or any(b < a for a, b in zip(c, c[1:])):
+        raise ArgumentError(f"{op}(): argument 'cu_seqlens' must rise from 0 to T = {T}, got {c}")
+
+
 def bind(rec: ir.Recurrence, args: tuple, kwargs: dict, check_values: bool = True) -> Bound:
     """Check a call against the calling convention. `check_values=False` skips
-    the checks that read tensor data (cu_seqlens), e.g. while torch.compile traces."""
+    the checks that read tensor data (cu_seqlens), e.g. while torch.compile traces.
+    A call shaped like one checked before reuses that check (see `_BOUND_CACHE`)."""
+    key = None if torch.compiler.is_compiling() else _call_key(args, kwargs)
+    if key is not None:
+        hit = _BOUND_CACHE.get((id(rec), key))
+        if hit is not None and hit[0] is rec:
+            _, consts, dims, B, T, H = hit
+            cu = kwargs.get("cu_seqlens")
+            if cu is not None and check_values:
+                _check_cu_values(rec.name, cu, T)
+            return _bound(rec, args, kwargs, dict(consts), dict(dims), B, T, H)
+    call = _bind(rec, args, kwargs, check_values)
+    if key is not None:
+        if len(_BOUND_CACHE) >= _BOUND_CACHE_SIZE:
+            _BOUND_CACHE.clear()
+        _BOUND_CACHE[(id(rec), key)] = (rec, dict(call.consts), dict(call.dims), call.B, call.T, call.H)
+    return call
+
+
+def _bound(rec, args, kwargs, consts, dims, B, T, H) -> Bound:
+    """The Bound of an already checked call."""
+    n = len(rec.inputs)
+    init = kwargs.get("initial_state")
+    initial = None
+    if init is not None:
+        given = (init,) if isinstance(init, torch.Tensor) else tuple(init)
+        initial = {s.name: t for s, t in zip(rec.states, given)}
+    return Bound(rec, {d.name: t for d, t in zip(rec.inputs, args)},
+                 {d.name: t for d, t in zip(rec.params, args[n:])},
+                 consts, dims, B, T, H, initial, bool(kwargs.get("output_final_state", False)),
+                 kwargs.get("cu_seqlens"))
+
+
+def _bind(rec: ir.Recurrence, args: tuple, kwargs: dict, check_values: bool) -> Bound:
     op = rec.name
     names = signature_names(rec)
     if len(args) != len(names):
@@ -145,9 +232,7 @@ def bind(rec: ir.Recurrence, args: tuple, kwargs: dict, check_values: bool = Tru
         if cu.numel() < 2:
             raise ArgumentError(f"{op}(): argument 'cu_seqlens' must rise from 0 to T = {T}, got {cu.tolist()}")
         if check_values:
-            c = cu.tolist()
-            if c[0] != 0 or c[-1] != T or any(b < a for a, b in zip(c, c[1:])):
-                raise ArgumentError(f"{op}(): argument 'cu_seqlens' must rise from 0 to T = {T}, got {c}")
+            _check_cu_values(op, cu, T)
 
     consts = {}
     for c in rec.consts:

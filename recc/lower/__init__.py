@@ -24,8 +24,9 @@ leading underscore):
 
 The generated module wraps them in a torch.autograd.Function and a
 torch.library custom op; strategies never deal with autograd themselves.
-Inside the op, `_backward` runs with autograd switched back on (a strategy may
-differentiate its own per-step torch expressions). Tensors returned by
+Inside the op, `_backward` runs with autograd switched back on when the
+strategy's source sets `_BACKWARD_USES_AUTOGRAD = True` (it may then
+differentiate its own per-step torch expressions; chunked does). Tensors returned by
 `_forward` that are inputs, views of inputs, or returned twice are copied by
 the op (a custom op may not alias).
 

@@ -688,7 +688,8 @@ def lower_chunked(rec: ir.Recurrence, tiles: dict | None = None) -> Lowered:
                norm=form.normaliser is not None, normaliser=form.normaliser, ns=len(form.substeps),
                state=form.state, output=form.output, kdim=form.K, vdim=form.V, tiles=repr(tiles),
                per_step=per_step, layout=layout_src)
-    header = "import math\nimport os\n\nimport torch\nimport triton\nimport triton.language as tl\n\n"
+    header = "import math\nimport os\n\nimport torch\nimport triton\nimport triton.language as tl\n\n" \
+        "# _backward differentiates the per-step expressions with torch.autograd\n_BACKWARD_USES_AUTOGRAD = True\n\n"
     kernels = ("chunked_common.jinja",) + (("chunked_fwd.jinja", "chunked_bwd.jinja") if form.normaliser is None
                                            else ("chunked_norm.jinja",))
     source = header + "\n".join(env.get_template(t).render(**ctx) for t in kernels + ("chunked_host.jinja",))
