@@ -16,7 +16,6 @@ in the text raises :class:`ConstraintSyntaxError` with its 1-based line and colu
 
 from __future__ import annotations
 
-from ..errors import ReccError
 import functools
 import re
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Mapping
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
+from ..errors import ReccError
 from .model import (
     And,
     BinOp,
