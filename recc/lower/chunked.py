@@ -133,22 +133,22 @@ def _inline(e: ir.Expr, lets: dict) -> ir.Expr:
     return e
 
 
-def _mul(a: ir.Expr | None, b: ir.Expr | None) -> ir.Expr | None:
+def _binary(op: str, a: ir.Expr | None, b: ir.Expr | None) -> ir.Expr | None:
+    """a op b, where a missing side (None) is the operation's identity."""
     if a is None:
         return b
     if b is None:
         return a
     shape = a.shape if len(a.shape) >= len(b.shape) else b.shape
-    return ir.Binary("*", a, b, shape)
+    return ir.Binary(op, a, b, shape)
+
+
+def _mul(a: ir.Expr | None, b: ir.Expr | None) -> ir.Expr | None:
+    return _binary("*", a, b)
 
 
 def _add(a: ir.Expr | None, b: ir.Expr | None) -> ir.Expr | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    shape = a.shape if len(a.shape) >= len(b.shape) else b.shape
-    return ir.Binary("+", a, b, shape)
+    return _binary("+", a, b)
 
 
 def _neg(a: ir.Expr) -> ir.Expr:

@@ -832,32 +832,25 @@ class _Context:
                 terms = [f"e{m_var[(r, q)]} * lam_{q}[None, :]" for q in idx if (r, q) in pat]
                 lam.append(f"lt_{r} = {' + '.join(terms)} + e{g_index[r]}")
         # gradients of inputs: dF/du at (S_{t-1}, u_t) against lam_t, plus the outputs' dy
-        grads = []
-        for u in self.inputs:
-            terms = []
-            for s in states:
-                d = derivative(form.step[s], ("input", u))
-                if not is_zero(d):
-                    terms.append(f"lt_{s}" if _is(d, 1.0) else f"lt_{s} * ({em_here(d)})")
-            for o in self.outputs:
-                d = derivative(form.outputs[o], ("input", u))
-                if not is_zero(d):
-                    terms.append(f"dy_{o}" if _is(d, 1.0) else f"dy_{o} * ({em_out(d)})")
-            if terms:
-                grads.append((u, " + ".join(terms), self.vector[u]))
-        pgrads = []
-        for p in self.params:
-            terms = []
-            for s in states:
-                d = derivative(form.step[s], ("param", p))
-                if not is_zero(d):
-                    terms.append(f"lt_{s}" if _is(d, 1.0) else f"lt_{s} * ({em_here(d)})")
-            for o in self.outputs:
-                d = derivative(form.outputs[o], ("param", p))
-                if not is_zero(d):
-                    terms.append(f"dy_{o}" if _is(d, 1.0) else f"dy_{o} * ({em_out(d)})")
-            if terms:
-                pgrads.append((p, " + ".join(terms), self.vector[p]))
+        def gradients(kind, names):
+            """(name, expression, vector?) of d name: dF/d name against lam_t, plus the outputs' dy."""
+            out = []
+            for u in names:
+                terms = []
+                for s in states:
+                    d = derivative(form.step[s], (kind, u))
+                    if not is_zero(d):
+                        terms.append(f"lt_{s}" if _is(d, 1.0) else f"lt_{s} * ({em_here(d)})")
+                for o in self.outputs:
+                    d = derivative(form.outputs[o], (kind, u))
+                    if not is_zero(d):
+                        terms.append(f"dy_{o}" if _is(d, 1.0) else f"dy_{o} * ({em_out(d)})")
+                if terms:
+                    out.append((u, " + ".join(terms), self.vector[u]))
+            return out
+
+        grads = gradients("input", self.inputs)
+        pgrads = gradients("param", self.params)
         # d S_init[j] = sum_i J_start[i][j] lam_start[i]
         dh0 = []
         for idx, pattern in groups:
