@@ -13,9 +13,10 @@ import torch
 
 import recc
 from recc.lower.scan import NotScannable, lower_scan, scan_form, scan_tiles
+from recc.reference import reference
 from recc.signature import bind
 
-from oracle import assert_close_to_reference, random_arguments, random_initial_state
+from oracle import assert_close_to_reference, random_arguments, random_initial_state, relative_error
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}
 
@@ -160,6 +161,26 @@ def test_first_order_without_gradients_saves_nothing(specs_dir):
     assert op.module._forward(call)[2] == ()
     call.requires_grad = True
     assert len(op.module._forward(call)[2]) == 1     # a float32 copy of x: the wrapper keeps y only as output
+
+
+@pytest.mark.parametrize("dtype,copies", [(torch.float32, 0), (torch.bfloat16, 1)])
+def test_first_order_op_saves_float32_outputs_as_states(dtype, copies, specs_dir):
+    """With float32 outputs the op saves y (bitwise x) for the backward instead of writing a copy
+    of x; with bf16 outputs it writes the float32 copy. The gradients are right either way."""
+    op = scan_op("first_order", specs_dir)
+    rec = recc.load_spec("specs/first_order.rec")
+    args = [x.to(dtype).requires_grad_() for x in random_arguments(rec, 2, 21, 2, {"D": 8})]
+    call = op.module._bind_op(*args, None, None, True)
+    assert call.outputs_saved == (dtype == torch.float32)
+    assert len(op.module._forward(call)[2]) == copies
+    y, _ = op(*args)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, args, dy)
+    ref_args = [x.detach().double().requires_grad_() for x in args]
+    y_ref, _ = reference(rec, *ref_args)
+    ref_grads = torch.autograd.grad(y_ref, ref_args, dy.double())
+    for g, r in zip(grads, ref_grads):
+        assert relative_error(g, r) < TOL[dtype]
 
 
 # ---- the lowered source itself: the saved-outputs protocol and the loop variants ----------
