@@ -160,6 +160,15 @@ def bind(rec: ir.Recurrence, args: tuple, kwargs: dict, check_values: bool = Tru
     return call
 
 
+def rebind(call: Bound, args: tuple, initial: tuple | None = None, cu_seqlens=None) -> Bound:
+    """`call` with other tensors of the same shapes, dtypes and devices (inputs and params
+    in signature order, initial states or None, cu_seqlens): every check `bind` made of
+    `call` holds for them. `rebind(call, ())` keeps the checked facts without the tensors."""
+    given = None if initial is None or all(t is None for t in initial) else tuple(initial)
+    kwargs = {"initial_state": given, "output_final_state": call.output_final_state, "cu_seqlens": cu_seqlens}
+    return _bound(call.rec, args, kwargs, dict(call.consts), dict(call.dims), call.B, call.T, call.H)
+
+
 def _bound(rec, args, kwargs, consts, dims, B, T, H) -> Bound:
     """The Bound of an already checked call."""
     n = len(rec.inputs)
