@@ -481,6 +481,7 @@ def run_case(index: int, case: Case, T: int, args_ns, meta: dict) -> dict:
                                                               args_ns.warmup, args_ns.rep)
     except Exception as e:  # noqa: BLE001
         row["recc_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        print(f"  recc failed: {row['recc_error']}", flush=True)
         op = None
     anchor = None
     try:
@@ -489,6 +490,7 @@ def run_case(index: int, case: Case, T: int, args_ns, meta: dict) -> dict:
                                                                   args_ns.warmup, args_ns.rep)
     except Exception as e:  # noqa: BLE001
         row["anchor_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        print(f"  anchor failed: {row['anchor_error']}", flush=True)
         anchor = None
     if op is not None:
         notes = []
