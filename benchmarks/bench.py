@@ -409,14 +409,16 @@ def sweep_scan(T: int, warmup: int, rep: int, out_path: Path | None) -> list:
         modules[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(modules[name])
         modules[name]._WRAPPER_SAVES_OUTPUTS = True
-    configs = lookback_configs()
-    # references: the previous default and the best chunks of the last sweep, the tile kernel
+    # the default first (the reference output), then the tile kernel's grid, then the other variants
+    configs = [("default", dict(variant="tile", BT=64, BD=32, num_warps=4))]
+    configs += [("default", dict(variant="tile", BT=BT, BD=BD, num_warps=nw))
+                for BT, BD, nw in itertools.product((32, 64, 128), (16, 32, 64), (2, 4, 8))
+                if 4 <= BT * BD // (32 * nw) <= 64 and (BT, BD, nw) != (64, 32, 4)]
+    configs += [("tile-plain", dict(variant="tile", BT=64, BD=32, num_warps=4))]
     configs += [("default", dict(variant="chunks", R=R, W=W, BD=BD, num_warps=nw, fill=False))
-                for R, W, BD, nw in ((16, 16, 32, 4), (8, 32, 32, 8), (8, 64, 32, 8))]
-    configs += [(m, dict(variant="tile", BT=64, BD=32, num_warps=4)) for m in ("default", "tile-plain")]
+                for R, W, BD, nw in ((16, 16, 32, 4), (8, 32, 32, 8))]
     print(f"scan sweep, first_order fp32 {sizes}: ms (median)")
     rows, ref_y = [], None
-    configs = configs[-5:-4] + configs      # the previous default (chunks) first: the reference output
     for name, tiles in configs:
         module = modules[name]
         module._SCAN_TILES.update(tiles)
