@@ -415,6 +415,7 @@ def sweep_scan(T: int, warmup: int, rep: int, out_path: Path | None) -> list:
                 for BT, BD, nw in itertools.product((32, 64, 128), (16, 32, 64), (2, 4, 8))
                 if 4 <= BT * BD // (32 * nw) <= 64 and (BT, BD, nw) != (64, 32, 4)]
     configs += [("tile-plain", dict(variant="tile", BT=64, BD=32, num_warps=4))]
+    configs += [("stages3", dict(variant="tile", BT=BT, BD=BD, num_warps=4)) for BT, BD in ((64, 32), (64, 64), (32, 64))]
     configs += [("default", dict(variant="chunks", R=R, W=W, BD=BD, num_warps=nw, fill=False))
                 for R, W, BD, nw in ((16, 16, 32, 4), (8, 32, 32, 8))]
     print(f"scan sweep, first_order fp32 {sizes}: ms (median)")
