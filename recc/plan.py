@@ -33,7 +33,10 @@ STRATEGIES = ("chunked", "scan", "cell", "recurrent")
 #     unrolled that many times) and its scratch keeps one state per REG_STEPS steps;
 #     "auto": as many as fit without spilling, from the size of the adjoint step
 #     (`recc.lower.recurrent.reg_steps_for`: GLA 2, gated DeltaNet 1, vector states 4).
-RECURRENT_TILES = {"BV": 32, "BV_bwd": 64, "CHUNK": 32, "REG_STEPS": "auto", "num_warps": 4, "num_warps_bwd": 8}
+#   ORDER, ORDER_bwd: the register order of a matrix state's tile in the forward and the
+#     backward kernel: "VK" holds S[K, V] as [BV, BK], "KV" as [BK, BV] (compiled in).
+RECURRENT_TILES = {"BV": 32, "BV_bwd": 64, "CHUNK": 32, "REG_STEPS": "auto", "num_warps": 4, "num_warps_bwd": 8,
+                   "ORDER": "VK", "ORDER_bwd": "VK"}
 
 
 @dataclass(frozen=True)

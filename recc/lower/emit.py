@@ -8,14 +8,21 @@ A value inside a recurrent kernel lives on at most two named axes:
   ``BV``-wide tile of it.
 
 So a scalar is a Triton scalar, a vector over K is ``[BK]``, a vector over V
-is ``[BV]``. A state tile S[K, V] is held transposed, ``[BV, BK]`` (`TILE`
-gives the order): Triton's default layout spreads a warp's lanes along a
-tile's last dim, so with K last a K-vector (q, k, a gate) costs each thread a
-few registers instead of one per row it holds, and sums over K (S^T q) stay
-inside a warp. Square matrices over one axis (``householder(k, beta)``,
-``diag(x)``, ``outer(k, k)``) are never built: they stay linear operators
-(`LinOp`) and are applied where they meet ``@`` (written here for a [BK, BV]
-tile; the emitted code indexes the transposed tile the same way)::
+is ``[BV]``. A state tile S[K, V] is held in one of two register orders, a
+tile choice (`ORDERS`, the recurrent tile key ``ORDER``) kept as data: the
+`axes` tuple of `Graph`, `StepLowering` and `Emitter` is the canonical order
+of every two-axis value.
+
+* ``"KV"``: ``[BK, BV]``, the state's own order; a warp's lanes run along V.
+* ``"VK"``: ``[BV, BK]``, transposed; Triton's default layout spreads a warp's
+  lanes along a tile's last dim, so with K last a K-vector (q, k, a gate) costs
+  each thread a few registers instead of one per row it holds, and sums over K
+  (S^T q) stay inside a warp.
+
+Square matrices over one axis (``householder(k, beta)``, ``diag(x)``,
+``outer(k, k)``) are never built: they stay linear operators (`LinOp`) and are
+applied where they meet ``@`` (written here for the order KV; with VK the
+emitted code indexes the transposed tile the same way)::
 
     householder(k, beta) @ S  ->  S - beta * k[:, None] * tl.sum(k[:, None] * S, 0)[None, :]
     diag(x) @ S               ->  x[:, None] * S
@@ -42,8 +49,15 @@ from dataclasses import dataclass
 from .. import ir
 
 ROW, COL = "r", "c"
-TILE = (COL, ROW)   # the register order of a two-axis value: [BV, BK]
-AXES = TILE
+# The register orders of a two-axis value, by the name of the tile choice.
+ORDERS = {"VK": (COL, ROW), "KV": (ROW, COL)}
+
+
+def tile_axes(order: str) -> tuple:
+    """The register axes of a state tile for the tile choice `order` ("VK" or "KV")."""
+    if order not in ORDERS:
+        raise ValueError(f"ORDER must be one of {', '.join(map(repr, ORDERS))}, not {order!r}")
+    return ORDERS[order]
 
 
 class Unsupported(Exception):
@@ -53,7 +67,7 @@ class Unsupported(Exception):
 # ---- the tile-op graph ---------------------------------------------------------
 
 class Node:
-    """One tile operation. `axes` (a sub-tuple of AXES, canonical order) is its
+    """One tile operation. `axes` (a sub-tuple of the graph's axes) is its
     register layout; `attr` holds a leaf's name, a number, or reduced axes."""
     __slots__ = ("op", "args", "axes", "attr", "index")
 
@@ -70,17 +84,18 @@ UNARY_FNS = ("exp", "log", "sigmoid", "logsigmoid", "tanh", "softplus", "relu", 
              "neg")
 
 
-def union(*axes_list) -> tuple:
-    return tuple(a for a in AXES if any(a in axes for axes in axes_list))
-
-
 class Graph:
     """Hash-consed nodes: asking twice for the same operation on the same
-    children returns the same node."""
+    children returns the same node. `axes` is the register order of a
+    two-axis value (`ORDERS`); every node's axes are a sub-tuple of it."""
 
-    def __init__(self):
+    def __init__(self, axes: tuple):
+        self.axes = axes
         self._memo = {}
         self.nodes = []
+
+    def union(self, *axes_list) -> tuple:
+        return tuple(a for a in self.axes if any(a in axes for axes in axes_list))
 
     def node(self, op, args=(), axes=(), attr=None) -> Node:
         key = (op, tuple(a.index for a in args), axes, attr)
@@ -107,14 +122,14 @@ class Graph:
             return b
         if b is None or self.is_num(b, 0.0):
             return a
-        return self.node("add", (a, b), union(a.axes, b.axes))
+        return self.node("add", (a, b), self.union(a.axes, b.axes))
 
     def sub(self, a, b):
         if b is None or self.is_num(b, 0.0):
             return a
         if a is None or self.is_num(a, 0.0):
             return self.neg(b)
-        return self.node("sub", (a, b), union(a.axes, b.axes))
+        return self.node("sub", (a, b), self.union(a.axes, b.axes))
 
     def neg(self, a):
         if a is None:
@@ -134,25 +149,25 @@ class Graph:
             return a
         if a.op == "num" and b.op == "num":
             return self.num(a.attr * b.attr)
-        return self.node("mul", (a, b), union(a.axes, b.axes))
+        return self.node("mul", (a, b), self.union(a.axes, b.axes))
 
     def div(self, a, b):
         if a is None:
             return None
         if self.is_num(b, 1.0):
             return a
-        return self.node("div", (a, b), union(a.axes, b.axes))
+        return self.node("div", (a, b), self.union(a.axes, b.axes))
 
     def fn(self, name: str, *args) -> Node:
         if name == "neg":
             return self.neg(args[0])
-        return self.node(name, args, union(*(a.axes for a in args)))
+        return self.node(name, args, self.union(*(a.axes for a in args)))
 
     def sum(self, x, axes) -> Node | None:
         """Sum x over the given axes (those it has); masked in emission."""
         if x is None:
             return None
-        axes = tuple(a for a in AXES if a in axes and a in x.axes)
+        axes = tuple(a for a in self.axes if a in axes and a in x.axes)
         if not axes:
             return x
         return self.node("sum", (x,), tuple(a for a in x.axes if a not in axes), axes)
@@ -177,7 +192,7 @@ class Graph:
 @dataclass(frozen=True)
 class Val:
     """A lowered value: its node and its IR dims as axes, in IR order
-    (a transposed state tile has order (c, r) on the same node)."""
+    (S^T has order (c, r) on the node of S, whatever the register order)."""
     node: Node
     order: tuple
 
@@ -316,7 +331,7 @@ class StepLowering:
         return tuple(order)
 
     def canonical(self, order) -> tuple:
-        return tuple(a for a in AXES if a in order)
+        return tuple(a for a in self.g.axes if a in order)
 
     def decl_val(self, op: str, decl: ir.TensorDecl, attr=None) -> Val:
         order = self.order_of(decl.shape)
@@ -475,7 +490,7 @@ class StepLowering:
         if any(isinstance(a, LinOp) for a in args):
             raise Unsupported(f"{fn} of a square matrix is not lowered")
         if fn == "sum":
-            return Val(g.sum(args[0].node, AXES), ())
+            return Val(g.sum(args[0].node, g.axes), ())
         if fn == "dot":
             a, b = args
             return Val(g.sum(g.mul(a.node, b.node), a.order), ())
@@ -620,10 +635,11 @@ def _num_text(v: float) -> str:
 class Emitter:
     """Turns nodes into assignment lines. `names` maps node index -> the text
     that stands for it (leaves are put there by the caller); `tiles` names the
-    block sizes and masks: keys BR, BC, row_mask, col_mask, tile_mask."""
+    block sizes and masks: keys BR, BC, row_mask, col_mask, tile_mask (a mask
+    in the register order `axes`)."""
 
-    def __init__(self, namer: Namer, tiles: dict, names: dict | None = None):
-        self.namer, self.tiles = namer, tiles
+    def __init__(self, namer: Namer, tiles: dict, axes: tuple, names: dict | None = None):
+        self.namer, self.tiles, self.axes = namer, tiles, axes
         self.names = dict(names or {})
 
     def shape(self, axes) -> str:
@@ -631,7 +647,7 @@ class Emitter:
 
     def mask(self, axes) -> str:
         return {(ROW,): self.tiles["row_mask"], (COL,): self.tiles["col_mask"],
-                TILE: self.tiles["tile_mask"]}[axes]
+                self.axes: self.tiles["tile_mask"]}[axes]
 
     def expand(self, text: str, axes: tuple, to: tuple) -> str:
         """x on `axes` written so that it broadcasts against values on `to`."""

@@ -1,10 +1,11 @@
 """Strategy `recurrent`: one fused sequential kernel per direction.
 
 Forward: one program per (sequence, head, column tile). The program holds its
-tile of every state in registers (fp32) and walks the sequence; each step
-loads its inputs (the next step's loads are issued before the current step
-computes), runs the step body emitted from the IR (`recc.lower.emit`) and
-stores the step's outputs. Every CHUNK steps it stores the state: the
+tile of every state in registers (fp32; the tile choices ORDER and ORDER_bwd
+pick the register order of a matrix state's tile in each kernel, `emit.ORDERS`)
+and walks the sequence; each step loads its inputs (the next step's loads are
+issued before the current step computes), runs the step body emitted from the
+IR (`recc.lower.emit`) and stores the step's outputs. Every CHUNK steps it stores the state: the
 checkpoints the backward starts from.
 
 Backward: the same grid. The program walks the chunks in reverse; for each
@@ -27,7 +28,7 @@ import jinja2
 from .. import ir
 from ..resources import templates_dir
 from . import Lowered
-from .emit import (COL, LEAVES, ROW, TILE, Emitter, Graph, Namer, StepLowering, Unsupported, reachable, vjp)
+from .emit import (COL, LEAVES, ROW, Emitter, Graph, Namer, StepLowering, Unsupported, reachable, tile_axes, vjp)
 
 # Names the kernel skeleton (templates/recurrent.py.jinja) uses itself.
 SKELETON_NAMES = (
@@ -82,10 +83,11 @@ def layout_of(rec: ir.Recurrence) -> Layout:
 
 class Addresses:
     """Offsets of a value inside one slab (one token of an input, one sequence
-    of a state): the text of `offsets` and of its mask, and the slab size."""
+    of a state): the text of `offsets` and of its mask, and the slab size.
+    `axes` is the kernel's register order of a two-axis value."""
 
-    def __init__(self, dim_names: dict, layout: Layout, tiles: dict):
-        self.dim_names, self.layout, self.tiles = dim_names, layout, tiles
+    def __init__(self, dim_names: dict, layout: Layout, tiles: dict, axes: tuple):
+        self.dim_names, self.layout, self.tiles, self.axes = dim_names, layout, tiles, axes
 
     def size(self, d) -> str:
         return str(d) if isinstance(d, int) else self.dim_names[d]
@@ -93,8 +95,8 @@ class Addresses:
     def slab(self, shape) -> str:
         return " * ".join(self.size(d) for d in shape) if shape else "1"
 
-    def index(self, axis: str, axes: tuple) -> str:
-        name = "rows" if axis == ROW else "cols"
+    def index(self, axis: str, axes: tuple, name: str | None = None) -> str:
+        name = name or ("rows" if axis == ROW else "cols")
         if len(axes) < 2:
             return name
         return f"{name}[:, None]" if axes.index(axis) == 0 else f"{name}[None, :]"
@@ -114,17 +116,19 @@ class Addresses:
         return " + ".join(terms) if terms else "0"
 
     def mask(self, axes: tuple) -> str | None:
-        return {(): None, (ROW,): "row_mask", (COL,): "col_mask", TILE: "tile_mask"}[axes]
+        return {(): None, (ROW,): "row_mask", (COL,): "col_mask", self.axes: "tile_mask"}[axes]
 
     def scratch(self, axes: tuple) -> tuple:
-        """(tile size, local offsets) of a value kept whole-tile in scratch memory."""
-        br, bc = self.tiles["BR"], self.tiles["BC"]
-        return {
-            (): ("1", "0"),
-            (ROW,): (br, "rows"),
-            (COL,): (bc, "cols_in_tile"),
-            TILE: (f"{br} * {bc}", f"cols_in_tile[:, None] * {br} + rows[None, :]"),  # as held: [BV, BK]
-        }[axes]
+        """(tile size, local offsets) of a value kept whole-tile in scratch memory, as held."""
+        size = {ROW: self.tiles["BR"], COL: self.tiles["BC"]}
+        local = {ROW: "rows", COL: "cols_in_tile"}
+        if not axes:
+            return "1", "0"
+        if len(axes) == 1:
+            return size[axes[0]], local[axes[0]]
+        first, last = axes
+        return (f"{size[first]} * {size[last]}", f"{self.index(first, axes, local[first])} * {size[last]} + "
+                                                 f"{self.index(last, axes, local[last])}")
 
 
 def _unit(base: str) -> str:
@@ -148,12 +152,17 @@ def store_text(ptr: str, base: str, offsets: str, mask: str | None, value: str, 
 # ---- the lowering ----------------------------------------------------------------
 
 class RecurrentKernels:
-    """Everything the template needs for one recurrence."""
+    """The kernels' code and the host code around them for one recurrence, with a
+    state tile held in the register order `axes` (`emit.ORDERS`). `saved_axes` is
+    the order the checkpoints are stored in: the forward's, when these are the
+    backward's kernels and the two orders differ."""
 
-    def __init__(self, rec: ir.Recurrence, tiles: dict):
+    def __init__(self, rec: ir.Recurrence, tiles: dict, axes: tuple, saved_axes: tuple | None = None):
         self.rec = rec
+        self.tile_axes, self.saved_axes = axes, saved_axes or axes
+        self.fwd_kernel, self.bwd_kernel = f"{rec.name}_fwd_kernel", f"{rec.name}_bwd_kernel"
         self.layout = layout_of(rec)
-        self.graph = Graph()
+        self.graph = Graph(axes)
         self.step = StepLowering(rec, self.graph, self.layout.dim_axis).lower()
         self.col_tiled = self.layout.col is not None and not self.step.col_reduced
         self.plan_tiles = tiles
@@ -165,7 +174,7 @@ class RecurrentKernels:
             "BC": self.namer.fresh("B" + col) if col else "1",
             "row_mask": "row_mask", "col_mask": "col_mask", "tile_mask": "tile_mask",
         }
-        self.addr = Addresses(self.dim_names, self.layout, self.tiles)
+        self.addr = Addresses(self.dim_names, self.layout, self.tiles, axes)
         self.names = {}  # decl name -> {"ptr": .., "value": .., ...}
         for kind, decls in (("input", rec.inputs), ("param", rec.params), ("output", rec.outputs),
                             ("state", rec.states)):
@@ -191,7 +200,7 @@ class RecurrentKernels:
 
     def decl_axes(self, d: ir.TensorDecl) -> tuple:
         dims = [x for x in d.shape if x in self.layout.dim_axis]
-        return tuple(a for a in TILE if a in {self.layout.dim_axis[x] for x in dims})
+        return tuple(a for a in self.tile_axes if a in {self.layout.dim_axis[x] for x in dims})
 
     def is_tiled(self, axes) -> bool:
         return COL in axes and self.col_tiled
@@ -243,25 +252,28 @@ class RecurrentKernels:
 
     def state_access(self, name: str, which: str, base: str) -> tuple:
         """(pointer, base, offsets, mask) of a state's tile in the initial, final,
-        checkpoint, ... tensor. Kernels see every state tensor as held ([V, K] for
-        S[K, V]: one memory layout, one register layout, no conversion per step);
-        the host transposes the initial and final states (`_held`, `_public`)."""
+        checkpoint, ... tensor. Kernels see every state tensor as held (one memory
+        layout, one register layout, no conversion per step): with the order VK the
+        host transposes the initial and final states (`_held`, `_public`), with KV
+        they are held as the op sees them. Checkpoints are stored as the forward
+        holds them: a backward of the other order loads them across (once per chunk)."""
         decl = self.rec.decl(name)
         a = self.addr
         axes = self.axes[name]
-        shape = self.held_shape(decl)
+        shape = self.held_shape(decl, self.saved_axes if which == "checkpoint" else self.tile_axes)
         return self.names[name][which], f"{base} * {a.slab(shape)}", a.offsets(shape, axes), a.mask(axes)
 
     def transposed(self, name: str) -> bool:
         decl = self.rec.decl(name)
         return tuple(decl.shape) != self.held_shape(decl)
 
-    def held_shape(self, decl) -> tuple:
-        """A state's dims in register order (a matrix state [K, V] is held [V, K])."""
+    def held_shape(self, decl, axes: tuple | None = None) -> tuple:
+        """A state's dims in register order `axes` (by default the kernels'; a
+        matrix state [K, V] is held [V, K] with the order VK)."""
         if len(decl.shape) != 2:
             return tuple(decl.shape)
         by_axis = {self.layout.dim_axis[d]: d for d in decl.shape}
-        return tuple(by_axis[a] for a in TILE)
+        return tuple(by_axis[a] for a in axes or self.tile_axes)
 
     def scratch_access(self, name: str, slot: str = "t - t0") -> tuple:
         """The scratch tile of a state: one slot per R steps of a chunk (R = REG_STEPS)."""
@@ -297,7 +309,7 @@ class RecurrentKernels:
 
     def setup_emitter(self, roots, lines: list) -> Emitter:
         """Emit the loop-invariant part (params, consts, what depends only on them)."""
-        em = Emitter(self.namer, self.tiles)
+        em = Emitter(self.namer, self.tiles, self.tile_axes)
         for n in self.leaves(roots, "const"):
             em.names[n.index] = self.consts[n.attr]
         for n in self.leaves(roots, "dim"):
@@ -311,7 +323,7 @@ class RecurrentKernels:
         return em
 
     def loop_emitter(self, setup: Emitter) -> Emitter:
-        return Emitter(copy.deepcopy(self.namer), self.tiles, setup.names)
+        return Emitter(copy.deepcopy(self.namer), self.tiles, self.tile_axes, setup.names)
 
     # --- forward kernel
     def state_init_lines(self) -> list:
@@ -319,7 +331,7 @@ class RecurrentKernels:
         for s in self.rec.states:
             ptr, base, offs, mask = self.state_access(s.name, "initial", "i_nh")
             value = self.names[s.name]["value"]
-            shape = Emitter(self.namer, self.tiles).shape(self.axes[s.name])
+            shape = Emitter(self.namer, self.tiles, self.tile_axes).shape(self.axes[s.name])
             init = repr(float(s.init)) if abs(s.init) != float("inf") else ('-' if s.init < 0 else '') + 'float("inf")'
             lines += ["if HAS_INITIAL:",
                       f"    {value} = {load_text(ptr, base, offs, mask)}",
@@ -427,7 +439,8 @@ class RecurrentKernels:
                 continue
             acc = self.namer.fresh(f"acc_d{self.leaf_value_name(n)[2:]}")
             param_acc[n.index] = acc
-            setup.append(f"{acc} = {Emitter(self.namer, self.tiles).text(self.graph.broadcast(None, n.axes))}")
+            zeros = Emitter(self.namer, self.tiles, self.tile_axes).text(self.graph.broadcast(None, n.axes))
+            setup.append(f"{acc} = {zeros}")
         reload, replay = self.replay_lines(em, replay_roots)
         if self.reg_steps == 1:
             before, body = self.adjoint_lines(em, roots, param_acc)
@@ -526,7 +539,7 @@ class RecurrentKernels:
                 body.append(f"{value} = {load(f'tok_{i}')}")
         shared = [{} for _ in range(r)]  # what the replay computed that the adjoint reuses
         for i in range(r - 1):  # replay the sub-chunk's later states in registers
-            em_i = Emitter(namer, self.tiles, {**em.names, **names[i]})
+            em_i = Emitter(namer, self.tiles, self.tile_axes, {**em.names, **names[i]})
             em_i.emit(replay_roots, body, "x")
             for s_name, node in step.new_states.items():
                 names[i + 1][self.state_leaves[s_name].index] = em_i.names[node.index]
@@ -535,7 +548,7 @@ class RecurrentKernels:
                          if n.op not in LEAVES and (n in replay_roots or len(n.axes) < 2)}
         for i in reversed(range(r)):
             block = []
-            em_i = Emitter(namer, self.tiles, {**em.names, **names[i], **shared[i]})
+            em_i = Emitter(namer, self.tiles, self.tile_axes, {**em.names, **names[i], **shared[i]})
             em_i.emit(roots, block, "y")
             for leaf_index, grad in self.d_leaves.items():
                 leaf = self.graph.nodes[leaf_index]
@@ -673,7 +686,9 @@ class RecurrentKernels:
                       "else:",
                       f"    col_mask = cols < {v}"]
         if row and col:
-            lines.append("tile_mask = col_mask[:, None] & row_mask[None, :]  # a state tile is held [BV, BK]")
+            first, last = ({ROW: "row_mask", COL: "col_mask"}[a] for a in self.tile_axes)
+            held = ", ".join({ROW: br, COL: bc}[a] for a in self.tile_axes)
+            lines.append(f"tile_mask = {first}[:, None] & {last}[None, :]  # a state tile is held [{held}]")
         return lines
 
     # --- host code
@@ -759,7 +774,7 @@ class RecurrentKernels:
         slots = "CHUNK" if r == 1 else f"triton.cdiv(CHUNK, {r})"
         lines += ["}", f"scratch = {{  # one incoming state per {r} steps of a chunk" if r > 1 else "scratch = {"]
         for s in rec.states:
-            size = {(): "1", (ROW,): "BR", (COL,): "BC", TILE: "BR * BC"}[self.axes[s.name]]
+            size = " * ".join({ROW: "BR", COL: "BC"}[a] for a in self.axes[s.name]) or "1"
             lines.append(f"    {s.name!r}: torch.empty((NV * N * H, {slots}, {size}), **f32),")
         lines += ["}", "grads = {"]
         for d in rec.inputs:
@@ -796,23 +811,36 @@ class RecurrentKernels:
             self.rec.fixed_dims.get(decl.shape[0]) if decl.shape else None
         return bool(slices) and size is not None and slices == set(range(size))
 
-    # --- everything the template needs
-    def render_context(self) -> dict:
-        name = self.rec.name
-        self.fwd_kernel, self.bwd_kernel = f"{name}_fwd_kernel", f"{name}_bwd_kernel"
-        context = {"fwd_kernel": self.fwd_kernel, "bwd_kernel": self.bwd_kernel,
-                   "BC": self.tiles["BC"], "col_dim": self.layout.col,
-                   "prologue": self.prologue(),
-                   "fwd_args": self.arg_lines(self.fwd_args()), "bwd_args": self.arg_lines(self.bwd_args()),
-                   "tiles_body": self.tiles_body(), "checkpoints_body": self.checkpoints_body(),
-                   "forward_body": self.forward_body(), "backward_body": self.backward_body(),
-                   "first_input": self.rec.inputs[0].name}
-        context.update(self.forward())
-        context.update(self.backward())
-        return context
+    def transposes(self) -> bool:
+        """Does the host transpose any state for these kernels (`_held`, `_public`)?"""
+        return any(self.transposed(s.name) for s in self.rec.states)
 
-    def arg_lines(self, args: list) -> list:
-        return [f"{arg},  # {comment}" if comment else f"{arg}," for arg, comment, _ in args]
+    def tile_text(self, axes: tuple | None = None) -> str:
+        """The held tile of a matrix state in words, e.g. '[BV, BK] (K last: ...)'."""
+        names = {ROW: self.layout.row, COL: self.layout.col}
+        first, last = (names[a] for a in axes or self.tile_axes)
+        return f"[B{first}, B{last}] ({last} last: a warp's lanes run along {last})"
+
+
+def render_context(forward: RecurrentKernels, backward: RecurrentKernels) -> dict:
+    """Everything the template needs: the forward kernel and its host code from
+    `forward`, the backward's from `backward` (the same object when both kernels
+    hold a state tile in the same order)."""
+    context = {"fwd_kernel": forward.fwd_kernel, "bwd_kernel": forward.bwd_kernel,
+               "col_dim": forward.layout.col,
+               "fwd_prologue": forward.prologue(), "bwd_prologue": backward.prologue(),
+               "fwd_args": arg_lines(forward.fwd_args()), "bwd_args": arg_lines(backward.bwd_args()),
+               "tiles_body": forward.tiles_body(), "checkpoints_body": forward.checkpoints_body(),
+               "forward_body": forward.forward_body(), "backward_body": backward.backward_body(),
+               "transposes": forward.transposes() or backward.transposes(),
+               "first_input": forward.rec.inputs[0].name}
+    context.update(forward.forward())
+    context.update(backward.backward())
+    return context
+
+
+def arg_lines(args: list) -> list:
+    return [f"{arg},  # {comment}" if comment else f"{arg}," for arg, comment, _ in args]
 
 
 DESIGN = (
@@ -841,29 +869,42 @@ def reg_steps_for(tile_ops: int) -> int:
 
 def lower_recurrent(rec: ir.Recurrence, tiles: dict | None = None) -> Lowered:
     """Lower `rec` with the recurrent strategy and the given tiles (see `recc.plan`).
-    Raises `Unsupported` (with the reason) when the spec does not fit the tile layout."""
+    Raises `Unsupported` (with the reason) when the spec does not fit the tile layout.
+
+    Compiled-in tiles: REG_STEPS, and ORDER / ORDER_bwd, the register order of a
+    matrix state's tile in the forward / backward kernel: "VK" holds S[K, V] as
+    [BV, BK], "KV" as [BK, BV] (ORDER_bwd defaults to ORDER)."""
     from ..plan import RECURRENT_TILES
     tiles = {**RECURRENT_TILES, **(tiles or {})}
-    kernels = RecurrentKernels(rec, tiles)
-    context = kernels.render_context()
+    tiles["ORDER_bwd"] = tiles.get("ORDER_bwd") or tiles["ORDER"]
+    fwd_axes, bwd_axes = tile_axes(tiles["ORDER"]), tile_axes(tiles["ORDER_bwd"])
+    forward = RecurrentKernels(rec, tiles, fwd_axes)
+    backward = forward if bwd_axes == fwd_axes else RecurrentKernels(rec, tiles, bwd_axes, saved_axes=fwd_axes)
+    context = render_context(forward, backward)
     context["design"] = DESIGN
-    row, col = kernels.layout.row, kernels.layout.col
-    tiles = dict(tiles, REG_STEPS=kernels.reg_steps)
-    if not kernels.col_tiled:
+    row, col = forward.layout.row, forward.layout.col
+    tiles = dict(tiles, REG_STEPS=forward.reg_steps)
+    if not forward.col_tiled:
         tiles["BV"] = tiles["BV_bwd"] = "whole"
-    if row and col:
-        layout = f"state tile [B{col}, B{row}] ({row} last: a warp's lanes run along {row}), {row} whole per program"
+    if row and col and fwd_axes == bwd_axes:
+        layout = f"state tile {forward.tile_text()}, {row} whole per program"
+    elif row and col:
+        layout = (f"state tile {forward.tile_text()} in the forward, {backward.tile_text()} in the backward "
+                  f"(checkpoints as the forward holds them), {row} whole per program")
     else:
         layout = f"state tile [B{col or row}]"
     columns = (f"{col} in tiles of at most {tiles['BV']} (backward: {tiles['BV_bwd']}), one program per sequence, "
-               f"head and tile" if kernels.col_tiled else f"{col} whole (a step sums over it, so it cannot be split)")
+               f"head and tile" if forward.col_tiled else
+               f"{col} whole (a step sums over it, so it cannot be split)")
     steps = tiles["REG_STEPS"]
     why = (f"{layout}; {columns}; backward: a checkpoint every {tiles['CHUNK']} steps, replayed {steps} "
            f"step{'s' if steps > 1 else ''} at a time in registers")
-    context["tiles"] = {k: v for k, v in tiles.items() if k != "REG_STEPS"}
-    if not kernels.col_tiled:  # not used by _tiles(); kept so that every module has the same keys
+    compiled = ("REG_STEPS", "ORDER", "ORDER_bwd")
+    context["tiles"] = {k: v for k, v in tiles.items() if k not in compiled}
+    if not forward.col_tiled:  # not used by _tiles(); kept so that every module has the same keys
         context["tiles"].update(BV=RECURRENT_TILES["BV"], BV_bwd=RECURRENT_TILES["BV_bwd"])
-    context["reg_steps"] = kernels.reg_steps
+    context["reg_steps"] = forward.reg_steps
+    context["orders"] = (tiles["ORDER"], tiles["ORDER_bwd"])
     source = _environment().get_template("recurrent.py.jinja").render(**context)
     return Lowered("recurrent", source, why, tiles)
 
