@@ -20,23 +20,20 @@ from .errors import ReccError
 
 STRATEGIES = ("chunked", "scan", "cell", "recurrent")
 
-# The recurrent kernels' tiles, chosen from what ptxas reports for GLA at the main shape
-# (B=4, T=4096, H=16, K=V=128; compiled for sm_90 without a GPU, see the report of
-# issue 4) and to be confirmed by `benchmarks/recurrent_gpu_check.py --sweep`:
-# BV: the forward's column tile: a [V=32, K=128] fp32 tile in 128 registers per
-#     thread at 4 warps, so 4 programs fit an SM; 4*16*128/32 = 256 programs.
-# BV_bwd: the backward's column tile (checkpoints hold whole states, so it may differ):
-#     the backward needs ~200-240 registers per thread at 8 warps, one program per SM,
-#     so 64 gives 128 programs: one wave on 132 SMs (32 would take two).
+# The recurrent kernels' tiles. Measured on the H100 (benchmarks/recurrent_gpu_check.py
+# --sweep --quick, GLA at B=4, T=4096, H=16, K=V=128, bf16, 2026-11-23): holding the state
+# as [BK, BV] ran the forward 3.3x and the backward 1.4x faster than [BV, BK].
+# BV: the forward's column tile (V in tiles of BV, one program per (sequence, head, tile)).
+# BV_bwd: the backward's column tile (checkpoints hold whole states, so it may differ).
 # CHUNK: steps between checkpoints (fp32 states, T / CHUNK per sequence and head).
 # REG_STEPS: the backward replays this many steps at a time in registers (its code is
 #     unrolled that many times) and its scratch keeps one state per REG_STEPS steps;
 #     "auto": as many as fit without spilling, from the size of the adjoint step
 #     (`recc.lower.recurrent.reg_steps_for`: GLA 2, gated DeltaNet 1, vector states 4).
-#   ORDER, ORDER_bwd: the register order of a matrix state's tile in the forward and the
+# ORDER, ORDER_bwd: the register order of a matrix state's tile in the forward and the
 #     backward kernel: "VK" holds S[K, V] as [BV, BK], "KV" as [BK, BV] (compiled in).
-RECURRENT_TILES = {"BV": 32, "BV_bwd": 64, "CHUNK": 32, "REG_STEPS": "auto", "num_warps": 4, "num_warps_bwd": 8,
-                   "ORDER": "VK", "ORDER_bwd": "VK"}
+RECURRENT_TILES = {"BV": 16, "BV_bwd": 32, "CHUNK": 32, "REG_STEPS": "auto", "num_warps": 4, "num_warps_bwd": 4,
+                   "ORDER": "KV", "ORDER_bwd": "KV"}
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ def test_module_names_its_kernels_strategy_tiles_and_spec_hash():
     header = ast.get_docstring(ast.parse(text))
     assert spec_hash(rec.source) in header
     assert "strategy:    recurrent" in header
-    assert "BV=32" in header and "BV_bwd=64" in header and "CHUNK=32" in header
-    assert "state tile [BV, BK]" in header and "REG_STEPS=1" in header
+    assert "BV=16" in header and "BV_bwd=32" in header and "CHUNK=32" in header
+    assert "state tile [BK, BV]" in header and "REG_STEPS=1" in header
     for kernel in ("gated_delta_net_fwd_kernel", "gated_delta_net_bwd_kernel"):
         assert f"def {kernel}(" in text
     assert "class GatedDeltaNetFunction(torch.autograd.Function)" in text
