@@ -390,7 +390,9 @@ def cold_probe(spec: str) -> None:
 def sweep_scan(T: int, warmup: int, rep: int, out_path: Path | None) -> list:
     """Time the first-order scan (fp32, main shape) over kernel variants and tiles: forward alone,
     backward alone, forward+backward (the output saved as the state, as a wrapper that saves
-    outputs does). Prints the best; `recc.lower.scan.scan_tiles` holds the defaults."""
+    outputs does). Prints the best. The first row is what the generated op launches: the solver's
+    choice for this shape on this GPU (`recc.tiles`, family scan); its cost model was calibrated
+    on these sweeps (tests/test_tiles.py pins the winner)."""
     import importlib.util
     import itertools
     import recc
@@ -409,8 +411,8 @@ def sweep_scan(T: int, warmup: int, rep: int, out_path: Path | None) -> list:
         modules[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(modules[name])
         modules[name]._WRAPPER_SAVES_OUTPUTS = True
-    # the default first (the reference output), then the tile kernel's grid, then the other variants
-    configs = [("default", dict(variant="tile", BT=64, BD=32, num_warps=4))]
+    # the solver's choice first (the reference output), then the tile kernel's grid, then the other variants
+    configs = [("default", {})]
     configs += [("default", dict(variant="tile", BT=BT, BD=BD, num_warps=nw))
                 for BT, BD, nw in itertools.product((32, 64, 128), (16, 32, 64), (2, 4, 8))
                 if 4 <= BT * BD // (32 * nw) <= 64 and (BT, BD, nw) != (64, 32, 4)]
@@ -422,8 +424,9 @@ def sweep_scan(T: int, warmup: int, rep: int, out_path: Path | None) -> list:
     rows, ref_y = [], None
     for name, tiles in configs:
         module = modules[name]
+        module._SCAN_TILES.clear()
         module._SCAN_TILES.update(tiles)
-        label = f"{name:10s} " + " ".join(f"{k}={v}" for k, v in tiles.items() if k not in ("fill",))
+        label = f"{name:10s} " + (" ".join(f"{k}={v}" for k, v in tiles.items() if k not in ("fill",)) or "solver")
         try:
             call = bind(rec, (a, b), {})
             call.requires_grad = True

@@ -195,10 +195,13 @@ def anchor_fns(spec, rec, args):
 
 
 def tune(spec, B, T, H, rep, base: dict):
-    """Coordinate descent over the tiles at one shape: each kernel's (BV, num_warps, num_stages), then
-    BKS and BT; keeps a change when fwd+bwd gets faster. Prints and returns the best tiles."""
-    from recc.lower.chunked import KERNELS, tile_defaults
-    rec0 = recc.load_spec(ROOT / "specs" / f"{spec}.rec")
+    """Coordinate descent over the tiles at one shape, from the solver's choice (`recc.tiles`)
+    with `base` (--tiles) on top: each kernel's (BV, num_warps, num_stages), then BKS and BT;
+    keeps a change when fwd+bwd gets faster. Prints and returns the best tiles (the host code's
+    names: BT, BKS, <kernel>_BV, ...; pass them back with --tiles)."""
+    from recc.lower.chunked import KERNELS, chunked_overrides
+    from recc.tiles import launch_tiles
+    rec0, module0 = load_module(spec, None)
     args, _ = make_inputs(rec0, B, T, H, torch.bfloat16, DEVICE)
     cache = {}
 
@@ -215,17 +218,17 @@ def tune(spec, B, T, H, rep, base: dict):
                 cache[key] = (float("inf"), float("inf"))
         return cache[key]
 
-    has_wy = f"{rec0.name}_chunk_wy_fwd_kernel" in lower_chunked(rec0).source
-    best = tile_defaults(base)
+    solver = launch_tiles("chunked", dict(B=B, T=T, H=H, K=DIM, V=DIM), torch.device(DEVICE), **module0._LAUNCH_SHAPE)
+    best = {**solver, **chunked_overrides(base)}
     best_ms = measure(best)
-    print(f"tune {spec}: start fwd+bwd {best_ms[0]:.3f} fwd {best_ms[1]:.3f} ms", flush=True)
+    print(f"tune {spec}: start (solver {solver}) fwd+bwd {best_ms[0]:.3f} fwd {best_ms[1]:.3f} ms", flush=True)
     options = {k: [(bv, w, st) for bv in (32, 64, 128) for w in (4, 8) for st in (1, 2, 3)] for k in KERNELS}
     options["h"] = options["dh"] = [(bv, w, st) for bv in (16, 32, 64) for w in (4, 8) for st in (1, 2)]
     for key, opts in list(options.items()) + [("BKS", [32, 64, 128]), ("BT", [32, 64, 128])]:
-        if key in ("wy", "wyb") and not has_wy:
-            continue
+        if key in KERNELS and f"{key}_BV" not in best:
+            continue                                   # a kernel this spec does not launch
         for opt in opts:
-            trial = dict(best, **{key: opt})
+            trial = dict(best, **chunked_overrides({key: opt}))
             ms = measure(trial)
             if ms[0] < best_ms[0] * 0.99:
                 best, best_ms = trial, ms

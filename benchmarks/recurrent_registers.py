@@ -2,7 +2,7 @@
 
 Triton compiles ahead of time for a target it is told (here Hopper, sm_90a), and
 ptxas reports each kernel's registers per thread and spills. That is what decides
-how many programs fit an SM, so it is how the tiles in `recc.plan.RECURRENT_TILES`
+how many programs fit an SM, so it is how the recurrent tiles (now `recc.tiles`, calibrated on GPU sweeps)
 were chosen before any GPU run.
 
     python benchmarks/recurrent_registers.py                      # gla, defaults
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         for bv in args.bv:
             module.TILES.update(BV=bv, BV_bwd=bv)
             for kernel, backward in kernels:
-                BR, BC, _ = module._tiles(dims, backward=backward)
+                BR, BC, _ = module._tiles(dims, module.TILES, backward=backward)
                 flags = {"HAS_INITIAL": False, "VARLEN": False} if backward else FLAGS
                 consts = dict(dims, H=16, CHUNK=args.chunk, **flags)
                 tile_names = [n for n in kernel.arg_names if n[:1] == "B" and n[1:] in dims]  # BK, BV, ...

@@ -18,6 +18,7 @@ kernels with autograd, and checks it against its own sequential reference.
 examples:
   recc check specs/gated_delta_net.rec          # parse, check, print what recc sees
   recc check --json specs/*.rec                 # the same as JSON, one object per file
+  recc check --tune 8 specs/gla.rec             # time the 8 best tile points on the GPU, keep the fastest
   recc compile specs/gated_delta_net.rec -o build/gdn.py
 """
 
@@ -99,6 +100,12 @@ def cmd_check(args) -> int:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     else:
         print("\n\n".join(results))
+    if args.tune is not None:
+        from .runtime import tune_spec
+        if args.tune < 1:
+            raise ReccError(f"--tune takes the number of tile points to time, at least 1 (got {args.tune})")
+        for path in args.files:
+            tune_spec(path, args.tune, report=lambda line: print(line, file=sys.stderr if args.json else sys.stdout))
     return 0
 
 
@@ -126,6 +133,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--hardware", choices=tuple(PRESETS), default=None,
                    help="choose tiles for this hardware model (default: this machine's GPU; without one, or under "
                         "TRITON_INTERPRET=1, the interpreter model; RECC_HARDWARE sets it too)")
+    c.add_argument("--tune", type=int, metavar="N", default=None,
+                   help="time the N best feasible tile points of the spec's kernels on this machine's GPU at the "
+                        "main shape and cache the fastest (the generated ops then launch it there); needs a GPU")
     c.set_defaults(run=cmd_check)
     m = sub.add_parser("compile", help="compile a spec into an importable Python module",
                        description="Compile a spec into a Python module exposing the op and its reference.")

@@ -12,7 +12,10 @@ Without a GPU, or under `TRITON_INTERPRET=1`, the model is `INTERPRETER`: the
 limits of an sm_80 GPU (so every tile it picks is also legal on a GPU) and no
 rates: `recc.tiles` then picks the smallest legal tiles, which keeps CPU tests
 fast and makes them run the multi-tile code paths. `RECC_HARDWARE=<preset>`
-(one of `PRESETS`) forces a model, e.g. to see the H100 choice on a laptop.
+(one of `PRESETS`) forces the model `recc check` uses, e.g. to see the H100 choice on
+a laptop; `hardware("h100")` is that model in code. Generated host code asks for the
+model of its inputs' device (`recc.tiles.launch_tiles`): a CUDA device's own, the
+interpreter's on the CPU.
 """
 from __future__ import annotations
 

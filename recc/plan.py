@@ -1,4 +1,5 @@
-"""Stage 5: choose a strategy and its tiles for a checked recurrence, and say why.
+"""Stage 5: choose a strategy for a checked recurrence, and say why (its launch tiles
+come from `recc.tiles`, per call).
 
     plan(rec, strategy=None) -> Plan
 
@@ -20,20 +21,18 @@ from .errors import ReccError
 
 STRATEGIES = ("chunked", "scan", "cell", "recurrent")
 
-# The recurrent kernels' tiles. Measured on the H100 (benchmarks/recurrent_gpu_check.py
-# --sweep --quick, GLA at B=4, T=4096, H=16, K=V=128, bf16, 2026-11-23): holding the state
-# as [BK, BV] ran the forward 3.3x and the backward 1.4x faster than [BV, BK].
-# BV: the forward's column tile (V in tiles of BV, one program per (sequence, head, tile)).
-# BV_bwd: the backward's column tile (checkpoints hold whole states, so it may differ).
-# CHUNK: steps between checkpoints (fp32 states, T / CHUNK per sequence and head).
+# The recurrent kernels' compiled-in tile choices (their launch tiles, BV, BV_bwd, CHUNK and
+# warps, come from the solver per call: recc.tiles, templates/recurrent.constraints; its cost
+# model was calibrated on the H100 sweep of benchmarks/recurrent_gpu_check.py --sweep: GLA at
+# B=4, T=4096, H=16, K=V=128, bf16, 2026-11-23, which picked BV=16 / BV_bwd=32, 4 warps each).
 # REG_STEPS: the backward replays this many steps at a time in registers (its code is
 #     unrolled that many times) and its scratch keeps one state per REG_STEPS steps;
 #     "auto": as many as fit without spilling, from the size of the adjoint step
 #     (`recc.lower.recurrent.reg_steps_for`: GLA 2, gated DeltaNet 1, vector states 4).
 # ORDER, ORDER_bwd: the register order of a matrix state's tile in the forward and the
-#     backward kernel: "VK" holds S[K, V] as [BV, BK], "KV" as [BK, BV] (compiled in).
-RECURRENT_TILES = {"BV": 16, "BV_bwd": 32, "CHUNK": 32, "REG_STEPS": "auto", "num_warps": 4, "num_warps_bwd": 4,
-                   "ORDER": "KV", "ORDER_bwd": "KV"}
+#     backward kernel: "VK" holds S[K, V] as [BV, BK], "KV" as [BK, BV]. Holding the state as
+#     [BK, BV] ran the GLA forward 3.3x and the backward 1.4x faster than [BV, BK] (same sweep).
+RECURRENT_TILES = {"REG_STEPS": "auto", "ORDER": "KV", "ORDER_bwd": "KV"}
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,8 @@ def _lower(name: str, rec: ir.Recurrence, tiles: dict):
 def plan(rec: ir.Recurrence, strategy: str | None = None, tiles: dict | None = None):
     """(Plan, Lowered or None): the first strategy, best first, whose lowering
     accepts `rec`. A `strategy` names the one to use; it is an error if it cannot.
-    `tiles` overrides the recurrent strategy's tile choices (RECURRENT_TILES)."""
+    `tiles` overrides the recurrent strategy's compiled-in choices (RECURRENT_TILES) and the
+    launch tiles the solver would choose per call."""
     if strategy and strategy not in STRATEGIES:
         raise ReccError(f"unknown strategy '{strategy}', expected one of: {', '.join(STRATEGIES)}")
     order = (strategy,) if strategy else candidates(rec)

@@ -103,6 +103,67 @@ def load(path: str | os.PathLike, strategy: str | None = None, tiles: dict | Non
     return op
 
 
+def tune_spec(path: str | os.PathLike, n: int, strategy: str | None = None, report=print, *,
+              device: str = "cuda", dims: dict | None = None, timer=None) -> dict:
+    """Time the `n` best feasible tile points (by the cost model) of the spec's kernels on this
+    machine's GPU at the spec's main shape (`recc.tiles.families_of`, or `dims`: spec dim sizes
+    and B, T, H; bf16 inputs, fp32 for a scan), forward + backward through the op, and cache
+    the fastest (`recc.tiles.tune`): the generated host code launches it from then on at that
+    shape. Returns the winner. Raises TuningNeedsGPU without a GPU (`device` and `timer` let a
+    test run it on the CPU interpreter with a fake clock)."""
+    import torch
+    from . import tiles as T
+    from .primitives import sample_input
+    if device == "cuda" and not torch.cuda.is_available():
+        raise T.TuningNeedsGPU("tuning times kernels on a GPU, and torch.cuda.is_available() is False here; "
+                               "the tiles stay the cost model's choice")
+    rec = load_spec(path)
+    op = load(path, strategy)
+    module, family = op.module, op.module.STRATEGY
+    if family not in T.FAMILIES or not hasattr(module, "_OVERRIDES"):
+        raise ArgumentError(f"{rec.name}: strategy {family} takes no tiles from the solver; nothing to tune")
+    device = torch.device(device)
+    size = {**{d.name: 128 for d in rec.dims}, **rec.fixed_dims, **(dims or {})}
+    B, steps, H = (int(size.get(k, T.MAIN[k])) for k in ("B", "T", "H"))
+    dims, _ = T.families_of(rec, dims).get(family, (None, None))
+    if dims is None:
+        raise ArgumentError(f"{rec.name}: the analysis lists no {family} kernels for this spec; nothing to tune")
+    shape = dict(module._LAUNCH_SHAPE)
+    dtype = torch.float32 if family == "scan" or device.type == "cpu" else torch.bfloat16
+    if family == "cell":
+        shape["save_dots"] = bool(module._cell_tuning.get("save_dots", True))
+        dims["RB"] = torch.finfo(dtype).bits // 8
+    gen = torch.Generator().manual_seed(0)
+    full = lambda lead, d: lead + tuple(size[x] if isinstance(x, str) else x for x in d.shape)
+    args = [sample_input(full((B, steps, H), d), d.annotations, gen) for d in rec.inputs]
+    args += [0.5 * sample_input(full((H,), d), d.annotations, gen) for d in rec.params]
+    leaves = [a.to(device=device, dtype=dtype).requires_grad_() for a in args]
+    tiles = T.choose_tiles(family, dims, T._device_model(device), **shape)
+    report(f"{rec.name}: timing the {n} best {family} tile points at {T._dims_text(tiles.dims, {})} "
+           f"on {tiles.hardware.name} (forward + backward)")
+    saved = dict(module._OVERRIDES)
+
+    def run(point):
+        module._OVERRIDES.clear()
+        module._OVERRIDES.update(saved, **point)
+        out = op(*leaves)[0]
+        outs = out if isinstance(out, tuple) else (out,)
+        torch.autograd.backward([o.float().sum() for o in outs])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    try:
+        best = T.tune(tiles, run, n, spec_key=T.spec_key(rec), timer=timer)
+    finally:
+        module._OVERRIDES.clear()
+        module._OVERRIDES.update(saved)
+        T._launch.cache_clear()
+        module._LAUNCHED.clear()
+    report(f"{rec.name}: fastest {T.described(best)} (model's choice: {T.described(tiles.assignment)}); "
+           f"cached for this shape and GPU")
+    return best
+
+
 # ---- used by generated modules at run time ------------------------------------
 
 _OP_NAMES = set()

@@ -1,21 +1,35 @@
 """Stage 6, tile: the launch parameters of each kernel family, from an integer constraint problem.
 
     choose_tiles(family, dims, hw, **shape) -> Tiles      one kernel family, one call shape
-    launch_tiles(family, dims, device, **shape) -> dict    the same, cached, for host code at call time
+    launch_tiles(family, dims, device, spec_key, **shape) -> dict
+                                                           the same, cached: what generated host code launches with
     tiles_for_spec(rec, hw=None, dims=None) -> {family: Tiles | TilesInfeasible}
     tune(tiles, run, n=8) -> dict                          time the n best points on the GPU, cache the winner
 
 A family's variables and constraints are text, `templates/<family>.constraints` (the
 solver's text form, `recc.solver.parse_problem`), whose constants are filled in from
 the dims and the hardware model (`recc.hardware`); users can read and edit them. The
-objective is the family's cost model below, in seconds:
+variables are exactly the launch parameters the family's host code passes to its
+kernels, under the same names (a kernel a spec does not launch leaves its variables out).
+The objective is the family's cost model below, in seconds, a sum of terms, one per
+kernel (chunked: wy, h, o, dv, dh, dqk, wyb) or per direction (recurrent, cell, scan:
+forward and backward). A kernel's time (`_kernel`) is the longer of
 
-    max(bytes / bandwidth, FLOPs / rate) / (share of the SMs' time with work)
-      + waves * sequential steps * latency per step      (recurrent, cell, scan, the h loop)
+    its SMs' throughput: every program's tensor-core FLOPs, HBM and L2 bytes and issued
+        lane-ops at the SM's rates, and
+    waves * one program's latency: per loop iteration its dependent chain (a latency floor,
+        cross-warp sync, its own lane-ops and tl.dot's, its loads, the memory latency its
+        pipeline stages do not hide), then its epilogue,
 
 with waves = ceil(programs / (SMs * programs per SM)), programs per SM from registers,
-threads and shared memory, and a step's latency = a floor (barrier, reduction, loop) +
-its arithmetic, per thread or at the SM's issue rate shared by co-resident programs.
+threads and shared memory. How each family's code spends time beyond that (`CODE`:
+cycles per dependent operation, the work of moving an element, register pressure) was
+calibrated per family so that the H100 model picks, at the benchmark main shapes, the
+tiles measured fastest on an H100 (tests/test_tiles.py pins them; the sweeps are in
+`benchmarks/results/`). Terms that share no variable beyond a few (the chunk size, the K
+block) are solved apart and combined exactly (`recc.solver.split_points`): seven kernels
+of ~50 points each, not 50^7; any spec's families solve in well under 50 ms.
+
 On the interpreter model the objective is the sum of the variables: the smallest legal
 tiles (fast CPU tests that run the multi-tile code paths).
 
@@ -36,19 +50,47 @@ from . import ir
 from .errors import ReccError
 from .hardware import Hardware, hardware
 from .resources import templates_dir
-from .solver import Compare, Infeasible, Problem, Solution, feasible_points, format_problem, parse_problem
+from .solver import Compare, Infeasible, Problem, Solution, Term, format_problem, parse_problem, split_points, sum_of
 
-MAIN = {"B": 4, "T": 4096, "H": 16, "K": 128, "V": 128, "D": 128}  # benchmark main shape (DESIGN.md section 5)
+MAIN = {"B": 4, "T": 4096, "H": 16, "K": 128, "V": 128, "D": 128, "RB": 2}  # benchmark main shape (DESIGN.md 5)
 
 # Cost-model constants (cycles unless noted). Rough, documented, meant to rank tiles, not to predict.
 REG_BASE = 40            # registers per thread besides the tiles: addresses, loop state, inputs
-SYNC_CYCLES = 100        # a barrier and a cross-warp exchange through shared memory
-LEVEL_CYCLES = 30        # one level of a scan tree (a shuffle or a shared-memory round)
-SUBSTITUTION_CYCLES = 60 # one row of the WY forward substitution
+SYNC_CYCLES = 75         # a barrier and a cross-warp exchange through shared memory
+WARP_SYNC_CYCLES = 20    # ... and per doubling of the warps taking part
 SCHEDULERS = 4           # warp schedulers (and tensor cores) per SM
-ACCESS = 64              # bytes: HBM access granularity; a narrower row segment costs as much
+TC_WARPS = 8             # warps that keep an SM's tensor cores busy: two per scheduler (one issues while
+                         # the other waits on its mma's result)
+ACCESS = 128             # bytes: a cache line; a narrower row segment costs as much (its other part is read
+                         # by another program, too late to hit in L2)
 MAX_PROGRAMS_PER_SM = 32
-OPS = {"recurrent": 6, "recurrent_bwd": 12, "cell": 10, "scan": 4}  # fp32 ops per state element per step
+LAUNCH = 3e-6            # s: a kernel launch and its tail
+LEVEL_CYCLES = 120       # scan: one level of the scan tree (a shuffle or a shared-memory round and its barrier)
+REDUCE_CYCLES = 150      # recurrent: per doubling of the warps, the latency of a step's reductions over K
+                         # (the state tile is held [BK, BV]: K across warps, a reduction crosses them)
+OPS = {"recurrent": 11, "recurrent_bwd": 50, "cell": 10, "cell_bwd": 20, "scan": 6}  # lane-ops per element per step
+
+
+@dataclass(frozen=True)
+class Code:
+    """How a family's generated code spends a program's time, beyond its tiles' arithmetic and
+    bytes (see `_kernel`). Calibrated per family against its GPU measurements (the points
+    tests/test_tiles.py pins): they describe the kernels' code, not the hardware."""
+    cpi: float = 1.0              # cycles per dependent lane-op in one thread's chain
+    move_ops: float = 2.0         # lane-ops per 2-byte element loaded or stored (address, mask, conversion,
+                                  # the move into a tl.dot operand's layout)
+    iteration: float = 0.0        # cycles an iteration of a tile loop adds to a program's chain (addresses,
+                                  # masks, the pipeline's barrier and bookkeeping)
+    reg_comfort: float = 1e9      # registers per thread beyond which a program's own work slows in
+                                  # proportion (spills; loads serialised for want of registers)
+
+
+CODE = {
+    "recurrent": Code(cpi=1.0),
+    "cell": Code(cpi=1.0),
+    "scan": Code(cpi=1.0, move_ops=4.0, iteration=150.0),
+    "chunked": Code(cpi=2.0, move_ops=12.0, reg_comfort=96.0),
+}
 
 
 class TilesInfeasible(ReccError):
@@ -78,13 +120,18 @@ class Tiles:
     shape: dict
     problem: Problem = field(repr=False, compare=False)
     solution: Solution = field(repr=False, compare=False)
+    terms: tuple = field(default=(), repr=False, compare=False)
 
     def __getitem__(self, name: str) -> int:
         return self.assignment[name]
 
     def candidates(self, n: int) -> list:
         """The n best feasible assignments, best first (the first is `assignment`): what `tune` times."""
-        return [s.assignment for s in feasible_points(self.problem, n)]
+        return [s.assignment for s in split_points(self.problem, self.terms, n)]
+
+    def parts(self) -> dict:
+        """{term: its share of the objective at the chosen point} (a kernel's or a direction's time)."""
+        return {t.name: t.cost({v: self.assignment[v] for v in t.variables}) for t in self.terms}
 
     @property
     def estimate(self) -> str:
@@ -93,8 +140,19 @@ class Tiles:
         return f"estimated {_seconds(self.objective)} {FAMILIES[self.family].measures}"
 
     def explain(self) -> str:
-        point = ", ".join(f"{k}={v}" for k, v in self.assignment.items())
-        lines = [f"{self.family}: {point}   ({self.estimate})"]
+        """The point (a line per kernel where the family has several), the estimate and the
+        binding constraints with the moves they block."""
+        groups = _kernel_groups(self.family, self.assignment)
+        if len(groups) > 1 and not self.hardware.interpreter:
+            parts = self.parts()
+            lines = [f"{self.family}: ({self.estimate})"]
+            for name, names in groups.items():
+                point = ", ".join(f"{k}={self.assignment[k]}" for k in names)
+                at = f"   {_seconds(parts[name])}" if name in parts else ""
+                lines.append(f"  {name + ':':<8}{point}{at}")
+        else:
+            point = ", ".join(f"{k}={v}" for k, v in self.assignment.items())
+            lines = [f"{self.family}: {point}   ({self.estimate})"]
         if not self.binding:
             lines.append("  no binding constraints")
         for entry in self.binding:
@@ -108,9 +166,12 @@ class Tiles:
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"family": self.family, "assignment": dict(self.assignment), "objective": self.objective,
-                "objective_unit": "sum" if self.hardware.interpreter else "seconds", "binding": list(self.binding),
-                "dims": dict(self.dims), "shape": dict(self.shape)}
+        out = {"family": self.family, "assignment": dict(self.assignment), "objective": self.objective,
+               "objective_unit": "sum" if self.hardware.interpreter else "seconds", "binding": list(self.binding),
+               "dims": dict(self.dims), "shape": dict(self.shape)}
+        if not self.hardware.interpreter:
+            out["terms"] = self.parts()
+        return out
 
     def constraints(self) -> str:
         """The family's constraint text with this call's constants filled in (editable, re-parsable)."""
@@ -121,6 +182,17 @@ class Tiles:
         text = json.dumps([spec_key, self.family, self.dims, self.shape, self.hardware.name, self.hardware.arch],
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _kernel_groups(family: str, assignment: dict) -> dict:
+    """{kernel: its variable names} for display: chunked's per-kernel prefixes, 'shared' first."""
+    if family != "chunked":
+        return {"all": list(assignment)}
+    groups = {"shared": [k for k in assignment if "_" not in k]}
+    for k in assignment:
+        if "_" in k:
+            groups.setdefault(k.split("_", 1)[0], []).append(k)
+    return groups
 
 
 def _seconds(s: float) -> str:
@@ -159,29 +231,62 @@ def _per_sm(threads: int, regs: float, smem: int, hw: Hardware) -> int:
     return max(fit, 1)
 
 
-def _waves(programs: int, per_sm: int, hw: Hardware) -> int:
-    return -(-programs // (hw.sms * per_sm))
+def _sync(warps: int) -> float:
+    """Cycles of a barrier with a cross-warp exchange (none within one warp)."""
+    return 0 if warps == 1 else SYNC_CYCLES + WARP_SYNC_CYCLES * math.log2(warps)
 
 
-def _sharing(programs: int, per_sm: int, hw: Hardware) -> int:
-    """Programs sharing one SM's issue slots while they run."""
-    return min(per_sm, -(-programs // hw.sms))
+@functools.lru_cache(maxsize=16)
+def _rates(hw: Hardware) -> tuple:
+    """Per-SM rates `_kernel` uses, in seconds per unit: (FLOP on the tensor cores, HBM byte at the
+    SM's share of the bandwidth, L2 byte, lane-op at the issue rate, cycle)."""
+    return (hw.sms / hw.tensor_flops, hw.sms / hw.bandwidth, hw.sms / hw.l2_bandwidth,
+            1.0 / (hw.warp_size * SCHEDULERS * hw.clock_hz), 1.0 / hw.clock_hz)
 
 
-def _throughput(bytes_: float, flops: float, programs: int, hw: Hardware, rate: float) -> float:
-    """max(bytes / bandwidth, FLOPs / rate), over the share of the SMs' time that has work
-    (programs spread evenly: ceil(programs / SMs) rounds on the busiest SM)."""
-    busy = programs / (hw.sms * -(-programs // hw.sms))
-    return max(bytes_ / hw.bandwidth, flops / rate) / busy
+def _kernel(hw: Hardware, code: Code, *, programs: int, warps: int, elems: float, smem: float, iters: int = 1,
+            stages: int = 1, loop: tuple = (0, 0, 0, 0, 0), once: tuple = (0, 0, 0, 0, 0),
+            serial: float = 0.0, extra: float = 0.0) -> float:
+    """Seconds of one launch. A program holds `elems` fp32 values in registers and `smem` bytes
+    of shared memory; it runs `iters` iterations of `loop`, then `once` (its epilogue, or the
+    prologue and epilogue of a state pass), each (tensor FLOPs, HBM bytes loaded, HBM bytes
+    stored, L2 bytes, lane-ops): L2 bytes are loads of tiles other programs running at the same
+    time read too (the same chunk's q and k in every V block). Stores cost bandwidth, not latency.
 
+    The launch takes the longer of (1) its SMs' throughput: every program's FLOPs, bytes and
+    lane-ops at the SM's rates (tensor cores busy with TC_WARPS resident warps, HBM at the SM's
+    share of the bandwidth, L2, issue), and (2) waves of programs times one program's latency:
+    per piece of work its dependent chain (the latency floor, cross-warp sync, its lane-ops at
+    `code.cpi` per thread, slower with crowded registers, its tl.dot's on the tensor cores its
+    own warps keep busy, its loads) plus the memory latency its pipeline does not hide (a
+    loop's loads are issued `stages - 1` iterations early; the epilogue hides none).
+    `serial`: cycles of latency an iteration's chain has besides (a scan tree's levels);
+    `extra`: seconds one program spends besides (unhidden loads once per chunk)."""
+    per_flop, per_byte, per_l2, per_op, cycle = _rates(hw)
+    threads = hw.warp_size * warps
+    regs = elems / threads + REG_BASE
+    per_sm = _per_sm(threads, regs, smem, hw)
+    sharing = min(per_sm, -(-programs // hw.sms))
+    own_tc = per_flop / min(1.0, warps / TC_WARPS)                     # seconds per FLOP, one program alone
+    sm_tc = per_flop / min(1.0, warps * sharing / TC_WARPS)            # ... with its co-resident programs
+    crowding = max(1.0, regs / code.reg_comfort)
+    per_lane = code.cpi * crowding * cycle / threads
+    floor = hw.step_latency + (_sync(warps) + code.iteration) * cycle
+    move = code.move_ops / 2
 
-def _step(ops: float, threads: int, sharing: int, num_warps: int, hw: Hardware) -> float:
-    """Seconds of one dependent step: the latency floor, a barrier when the step's reductions
-    cross warps, and its arithmetic: per thread, or at the SM's issue rate (SCHEDULERS warp
-    instructions per cycle) shared by `sharing` programs."""
-    sync = 0 if num_warps == 1 else SYNC_CYCLES + 20 * math.log2(num_warps)
-    compute = max(ops / threads, sharing * ops / (hw.warp_size * SCHEDULERS))
-    return hw.step_latency + (sync + compute) / hw.clock_hz
+    flops, loads, stores, l2, ops = loop
+    ops += move * (loads + stores + l2)
+    chain = floor + ops * per_lane + crowding * flops * own_tc + loads * per_byte + l2 * per_l2 + serial * cycle
+    busy = max(flops * sm_tc, (loads + stores) * per_byte + l2 * per_l2, ops * per_op)
+    hidden = 0.0 if stages == 1 else min(hw.memory_latency, (stages - 1) * chain)
+    latency = iters * (chain + hw.memory_latency - hidden)
+    flops, loads, stores, l2, ops = once
+    ops += move * (loads + stores + l2)
+    chain = floor + ops * per_lane + crowding * flops * own_tc + loads * per_byte + l2 * per_l2
+    tail = max(flops * sm_tc, (loads + stores) * per_byte + l2 * per_l2, ops * per_op)
+    latency += chain + hw.memory_latency + extra
+    throughput = -(-programs // min(hw.sms, programs)) * (iters * busy + tail)
+    return LAUNCH + max(throughput, -(-programs // (hw.sms * per_sm)) * latency)
 
 
 # ---- families -------------------------------------------------------------------------------
@@ -191,124 +296,296 @@ def _limits(hw: Hardware) -> dict:
             "SMEM_BLOCK": hw.smem_per_block, "L2": hw.l2_bytes, "REG_BASE": REG_BASE}
 
 
+# recurrent ---------------------------------------------------------------------------------
+
+RECURRENT_REG_STEPS = 2   # steps the backward replays at a time from its scratch (GLA's; see recc.lower.recurrent)
+
+
 def recurrent_consts(d: dict, s: dict, hw: Hardware) -> dict:
     return {"K": d["K"], "V": d["V"], "KP": _pow2(d["K"]), "VP": _pow2(d["V"]), "STATES": s["states"],
-            "SPLIT": int(s["split"]), **_limits(hw)}
+            "SPLIT": int(s["split"]), "TP": _pow2(d["T"]), **_limits(hw)}
 
 
-def recurrent_time(a: dict, c: dict, d: dict, s: dict, hw: Hardware) -> float:
-    """Forward + backward (replay and reverse walk: two passes over T). A program holds
-    STATES [KP, BV] tiles; per step it reads `row_inputs` [K] and `col_inputs` [BV] vectors
-    and writes `outputs` [BV] (bf16), the backward also writes fp32 partial row gradients."""
-    BV, KP = a["BV"], c["KP"]
-    tiles = -(-d["V"] // BV)
-    programs = d["B"] * d["H"] * tiles
-    elems = c["STATES"] * KP * BV
-    total = 0.0
-    for warps, temps, ops, passes in ((a["num_warps"], c["STATES"] + 1, OPS["recurrent"], 1),
-                                      (a["num_warps_bwd"], 2 * c["STATES"] + 2, OPS["recurrent_bwd"], 2)):
+def recurrent_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
+    """Forward (BV, num_warps) and backward (BV_bwd, num_warps_bwd), sharing CHUNK; per step
+    and program (sequence, head, column tile of V), as `_kernel` iterations. The state tile is
+    held [BK, BV] (the default ORDER, "KV": lanes along V, K across registers and warps), so a
+    step's reductions over K cross the warps (REDUCE_CYCLES per doubling).
+
+    forward: the state tiles' ~OPS['recurrent'] lane-ops per element, the row inputs [K] (the
+    same rows for every column tile: from L2 after the first), the column inputs and outputs
+    [BV], and the states (fp32) stored every CHUNK steps; the next step's inputs load while
+    this one computes.
+    backward: two walks (each chunk replayed from its checkpoint, then the adjoint steps:
+    ~OPS['recurrent_bwd'] lane-ops), a checkpoint load per chunk whose latency nothing
+    hides, fp32 partial row gradients per column tile (summed by the host afterwards: a pass
+    over them), and a scratch state written every RECURRENT_REG_STEPS steps and read back:
+    L2 traffic while the resident programs' scratch fits the L2, the part beyond it from HBM.
+    Calibrated on GLA (B=4 T=4096 H=16 K=V=128 bf16; benchmarks/results/*-gla_recurrent-order-sweep.log)."""
+    KP, S = c["KP"], c["STATES"]
+    rows = s["row_inputs"] * d["K"] * 2
+
+    def forward(a):
+        BV, warps, chunk = a["BV"], a["num_warps"], a["CHUNK"]
+        nv = -(-d["V"] // BV)
+        tile = S * KP * BV
+        hbm, l2 = rows / nv, rows - rows / nv
+        loop = (0, hbm + s["col_inputs"] * BV * 2, s["outputs"] * BV * 2 + tile * 4 / chunk, l2,
+                tile * OPS["recurrent"])
+        return _kernel(hw, CODE["recurrent"], programs=d["B"] * d["H"] * nv, warps=warps, stages=2,
+                       elems=(S + 1) * KP * BV, smem=0, iters=d["T"], loop=loop, once=(0, tile * 4, tile * 4, 0, tile),
+                       serial=REDUCE_CYCLES * math.log2(warps))
+
+    def backward(a):
+        BV, warps, chunk = a["BV_bwd"], a["num_warps_bwd"], a["CHUNK"]
+        nv = -(-d["V"] // BV)
+        programs = d["B"] * d["H"] * nv
+        tile = S * KP * BV
+        hbm, l2 = rows / nv, rows - rows / nv
+        scratch = tile * 4 / RECURRENT_REG_STEPS                           # bytes per step, each way
         threads = hw.warp_size * warps
-        per_sm = _per_sm(threads, temps * KP * BV / threads + REG_BASE, 0, hw)
-        step = _step(elems * ops, threads, _sharing(programs, per_sm, hw), warps, hw)
-        total += passes * _waves(programs, per_sm, hw) * d["T"] * step
-    row = s["row_inputs"] * _row_bytes(d["K"]) * tiles
-    col = (s["col_inputs"] + s["outputs"]) * _row_bytes(min(BV, d["V"])) * tiles
-    steps = d["T"] * d["B"] * d["H"]
-    fwd_bytes = steps * (row + col)
-    bwd_bytes = 2 * fwd_bytes + steps * s["row_inputs"] * _row_bytes(d["K"], 4) * tiles
-    return total + _throughput(fwd_bytes + bwd_bytes, 0, programs, hw, hw.vector_flops)
+        resident = min(programs, hw.sms * _per_sm(threads, (2 * S + 4) * KP * BV / threads + REG_BASE, 0, hw))
+        footprint = resident * tile * 4 * chunk / RECURRENT_REG_STEPS
+        miss = max(0.0, 1.0 - hw.l2_bytes / footprint)
+        # per walk step (two walks per step): the replay's and the adjoint's traffic, halved
+        loads = (2 * (hbm + s["col_inputs"] * BV * 2) + s["outputs"] * BV * 4 + tile * 4 / chunk + miss * scratch) / 2
+        stores = (s["row_inputs"] * d["K"] * 4 + s["col_inputs"] * BV * 2 + miss * scratch) / 2
+        l2_bytes = (2 * l2 + 2 * (1 - miss) * scratch) / 2
+        ops = tile * (OPS["recurrent"] + OPS["recurrent_bwd"]) / 2
+        kernel = _kernel(hw, CODE["recurrent"], programs=programs, warps=warps, stages=2, elems=(2 * S + 4) * KP * BV,
+                         smem=0, iters=2 * d["T"], loop=(0, loads, stores, l2_bytes, ops),
+                         once=(0, tile * 8, tile * 4, 0, tile), serial=REDUCE_CYCLES * math.log2(warps),
+                         extra=-(-d["T"] // chunk) * hw.memory_latency)
+        # the host sums the column tiles' partial row gradients (fp32) afterwards
+        partial = d["B"] * d["T"] * d["H"] * s["row_inputs"] * d["K"] * 4
+        return kernel + (partial * (nv + 1) / hw.bandwidth if nv > 1 else 0.0)
 
+    return [("forward", ("BV", "num_warps", "CHUNK"), forward),
+            ("backward", ("BV_bwd", "num_warps_bwd", "CHUNK"), backward)]
+
+
+# cell --------------------------------------------------------------------------------------
 
 def cell_consts(d: dict, s: dict, hw: Hardware) -> dict:
     DP = max(16, _pow2(d["D"]))
     return {"D": d["D"], "DP": DP, "NP": max(16, _pow2(d["B"])), "G": s["gates"], "STATES": s["states"],
-            "R_BYTES": s["gates"] * DP * DP * 2, "H": d["H"], **_limits(hw)}
+            "RB": d["RB"], "R_BYTES": s["gates"] * DP * DP * d["RB"], "COPIES": 1 if s["save_dots"] else 2,
+            "H": d["H"], **_limits(hw)}
 
 
-def cell_time(a: dict, c: dict, d: dict, s: dict, hw: Hardware) -> float:
-    """Forward. Per step and program: G tl.dot's [BB, DP] x [DP, DP] (R from shared memory,
-    or from L2 when not resident), then ~OPS['cell'] ops per gate and state element."""
-    BB, warps, DP = a["BB"], a["num_warps"], c["DP"]
-    threads = hw.warp_size * warps
-    programs = d["H"] * -(-d["B"] // BB)
-    elems = (c["STATES"] + c["G"]) * BB * DP
-    smem = a["RESIDENT"] * c["R_BYTES"] + BB * DP * 2
-    per_sm = _per_sm(threads, elems / threads + REG_BASE, smem, hw)
-    sharing = _sharing(programs, per_sm, hw)
-    tensor_eff = min(1.0, warps * sharing / SCHEDULERS)
-    dots = sharing * 2 * BB * DP * DP * c["G"] / (hw.tensor_flops / hw.sms) / tensor_eff
-    weights = 0 if a["RESIDENT"] else sharing * c["R_BYTES"] / (hw.l2_bandwidth / hw.sms)
-    step = _step(elems * OPS["cell"], threads, sharing, warps, hw) + dots + weights
-    bytes_ = d["B"] * d["T"] * d["H"] * d["D"] * (c["G"] * 2 + c["STATES"] * 4 + 2)
-    return _waves(programs, per_sm, hw) * d["T"] * step + _throughput(bytes_, 0, programs, hw, hw.vector_flops)
+def cell_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
+    """Forward and backward with the same tiles; per step and program (head, BB sequences), as
+    `_kernel` iterations: G tl.dot's [BB, DP] x [DP, DP] with R (in shared memory, or read
+    from L2 every step when not resident), ~OPS['cell'] lane-ops per gate and state element,
+    the step's inputs (the next step's loaded while this one computes), its outputs, states
+    and products stored for the backward; the backward twice the products (the adjoint's and
+    the param gradient's) and ~OPS['cell_bwd'] lane-ops, reading what the forward stored."""
+    DP, G, RB, S = c["DP"], c["G"], c["RB"], c["STATES"]
+    D = d["D"]
 
+    def walk(a, dots, ops, copies, loads, stores):
+        BB, warps = a["BB"], a["num_warps"]
+        elems = (S + G) * BB * DP
+        weights = 0 if a["RESIDENT"] else copies * c["R_BYTES"]
+        loop = (dots * 2 * BB * DP * DP * G, BB * D * loads, BB * D * stores, weights, elems * ops)
+        return _kernel(hw, CODE["cell"], programs=d["H"] * -(-d["B"] // BB), warps=warps, stages=2, elems=elems,
+                       smem=a["RESIDENT"] * copies * c["R_BYTES"] + BB * DP * RB, iters=d["T"], loop=loop,
+                       once=(0, BB * D * S * 4 + a["RESIDENT"] * copies * c["R_BYTES"], BB * D * S * 4, 0, 0))
+
+    tiles = ("BB", "num_warps", "RESIDENT")
+    return [("forward", tiles, lambda a: walk(a, 1, OPS["cell"], 1, G * 2, 2 + S * 4 + G * 4)),
+            ("backward", tiles, lambda a: walk(a, 2, OPS["cell_bwd"], c["COPIES"], G * 2 + S * 4 + G * 4 + 2,
+                                               G * 2))]
+
+
+# scan --------------------------------------------------------------------------------------
 
 def scan_consts(d: dict, s: dict, hw: Hardware) -> dict:
     return {"D": d["D"], "DP": max(16, _pow2(d["D"])), "TP": max(16, _pow2(d["T"])), "ELEMS": s["elements"],
-            "LOADS": s["loads"], **_limits(hw)}
+            "LOADS": s["loads"], "BLOADS": s["loads"] + s["states"] + s["outputs"], **_limits(hw)}
 
 
-def scan_time(a: dict, c: dict, d: dict, s: dict, hw: Hardware) -> float:
-    """Forward. Per block: a log2(BT)-level scan tree over ELEMS [BT, BD] tiles, then the
-    carry; blocks are sequential within a program (the next block's loads prefetched)."""
-    BT, BD, warps = a["BT"], a["BD"], a["num_warps"]
-    threads = hw.warp_size * warps
-    programs = d["B"] * d["H"] * -(-d["D"] // BD)
-    levels = max(1, int(math.log2(BT)))
-    regs = (2 * c["LOADS"] + 2 * c["ELEMS"]) * BT * BD / threads + REG_BASE
-    per_sm = _per_sm(threads, regs, c["ELEMS"] * BT * BD * 4, hw)
-    ops = c["ELEMS"] * BT * BD * OPS["scan"] * levels
-    block = _step(ops, threads, _sharing(programs, per_sm, hw), warps, hw) + levels * LEVEL_CYCLES / hw.clock_hz
-    blocks = -(-d["T"] // BT)
-    bytes_ = d["B"] * d["T"] * d["H"] * -(-d["D"] // BD) * _row_bytes(min(BD, d["D"])) * (c["LOADS"] + s["outputs"])
-    return _waves(programs, per_sm, hw) * blocks * block + _throughput(bytes_, 0, programs, hw, hw.vector_flops)
+def scan_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
+    """Forward and backward with the same tiles; per block of BT steps and program (sequence,
+    head, BD channels), as `_kernel` iterations: [BT, BD] fp32 tiles loaded (the next block's
+    before this one is scanned) and stored (rows narrower than a cache line cost a line), a
+    work-efficient scan over ELEMS tiles (~2 * OPS['scan'] lane-ops per element: the threads'
+    own elements, then the partial results) whose log2(BT) levels (LEVEL_CYCLES each) and
+    log2(num_warps) rounds across warps (a barrier each) are the chain's latency, the carry. The backward reads the inputs,
+    the saved states and the outputs' cotangents and writes the inputs' gradients.
+    Registers: the prefetched inputs and the scan elements, as the constraints count them
+    (close to what ptxas reports for first_order on sm_90)."""
+
+    def walk(a, loads, stores):
+        BT, BD, warps = a["BT"], a["BD"], a["num_warps"]
+        levels = max(1, int(math.log2(BT)))
+        row = _row_bytes(min(BD, d["D"]), 4)
+        loop = (0, loads * BT * row, stores * BT * row, 0, c["ELEMS"] * BT * BD * OPS["scan"] * 2)
+        return _kernel(hw, CODE["scan"], programs=d["B"] * d["H"] * -(-d["D"] // BD), warps=warps, stages=2,
+                       elems=(loads + c["ELEMS"]) * BT * BD, smem=c["ELEMS"] * BT * BD * 4,
+                       iters=-(-d["T"] // BT), loop=loop,
+                       serial=levels * LEVEL_CYCLES + math.log2(warps) * SYNC_CYCLES)
+
+    tiles = ("BT", "BD", "num_warps")
+    return [("forward", tiles, lambda a: walk(a, c["LOADS"], s["outputs"])),
+            ("backward", tiles, lambda a: walk(a, c["BLOADS"], c["LOADS"]))]
+
+
+# chunked -----------------------------------------------------------------------------------
+
+CHUNKED_KERNELS = ("wy", "h", "o", "dv", "dh", "dqk", "wyb")
 
 
 def chunked_consts(d: dict, s: dict, hw: Hardware) -> dict:
-    return {"K": d["K"], "V": d["V"], "KP": _pow2(d["K"]), "VP": _pow2(d["V"]), "NS": s["substeps"],
-            "HH": int(s["householder"]), "GATED": int(s["gated"]), "SPLIT_K": int(s["split_k"]), **_limits(hw)}
+    key = int(s["per_key"])
+    return {"K": d["K"], "V": d["V"], "KP": max(16, _pow2(d["K"])), "VP": max(16, _pow2(d["V"])),
+            "NS": s["substeps"], "HH": int(s["householder"]), "KEY": key, "NORM": int(s["normaliser"]),
+            **_limits(hw)}
 
 
-def chunked_time(a: dict, c: dict, d: dict, s: dict, hw: Hardware) -> float:
-    """Forward: the h kernel (sequential over the chunks of a sequence, one program per
-    (sequence, head, V tile)), the o kernel (one program per (chunk, head, V tile)) and,
-    with Householder transitions, the WY kernel (a BT-row forward substitution per chunk)."""
-    BT, BK, BV, warps, stages = a["BT"], a["BK"], a["BV"], a["num_warps"], a["num_stages"]
-    threads = hw.warp_size * warps
-    hh = 2 if c["HH"] else 1
-    chunks = -(-d["T"] * c["NS"] // BT)            # per sequence
-    vt, kt = -(-d["V"] // BV), -(-d["K"] // BK)
-    per_tc = hw.tensor_flops / hw.sms             # one SM's tensor cores
+def chunked_kernels(s: dict) -> tuple:
+    """The kernels a spec of this shape launches (householder transitions add wy and wyb)."""
+    return tuple(k for k in CHUNKED_KERNELS if s["householder"] or k not in ("wy", "wyb"))
 
-    # h: the state [BK, BV] carried over chunks
-    programs = d["B"] * d["H"] * vt * kt
-    per_sm = _per_sm(threads, BK * BV / threads + REG_BASE, stages * (BT * BK + BT * BV) * 2 + BK * BV * 2, hw)
-    sharing = _sharing(programs, per_sm, hw)
-    eff = min(1.0, warps * sharing / SCHEDULERS)
-    flops = hh * 2 * BT * BK * BV
-    moved = (BT * (BK + BV) + BK * BV) * 2
-    chunk = (hw.step_latency + (0 if warps == 1 else SYNC_CYCLES / hw.clock_hz)
-             + sharing * (flops / per_tc / eff + moved / (hw.bandwidth / hw.sms))
-             + (hw.memory_latency if stages == 1 else 0))
-    h = _waves(programs, per_sm, hw) * chunks * chunk
 
-    # o: per chunk, q h + (q k^T masked) v
-    programs = d["B"] * d["H"] * chunks * vt
-    flops = programs * (2 * BT * BK * BV * kt + 2 * BT * BT * BK * kt + 2 * BT * BT * BV)
-    moved = programs * ((2 * BT * BK + BK * BV) * kt + 2 * BT * BV) * 2
-    per_sm = _per_sm(threads, (BT * BV + (1 + c["GATED"]) * BT * BT + BT * BK) / threads + REG_BASE, (2 * BT * BK + BT * BV + BK * BV + BT * BT) * 2, hw)
-    eff = min(1.0, warps * _sharing(programs, per_sm, hw) / SCHEDULERS)
-    o = (_throughput(moved, flops, programs, hw, hw.tensor_flops * eff)
-         + _waves(programs, per_sm, hw) * (hw.step_latency + hw.memory_latency))
+def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
+    """One term per kernel (see templates/chunked.constraints for what each computes):
+    programs, registers (fp32 values; bf16 operand tiles two to a register) and shared memory
+    as the constraints count them, and per loop iteration and per program the tensor FLOPs,
+    HBM loads and stores, L2 loads (a tile the other V blocks, or K blocks, of the same chunk
+    read too) and elementwise lane-ops. Per-key decays recompute the chunk's scores in every V
+    block of o and dv (secondary chunking: BT / BC - 1 masked tl.dot's and BC columns of
+    per-element exps per K block); householder transitions add the UT transform's kernels
+    (its inverse: BC - 1 dependent [BT, BT] tl.dot's inside the diagonal blocks, then
+    BT / BC of the Neumann series)."""
+    B, H, T = d["B"], d["H"], d["T"]
+    K, V, KP, NS = d["K"], d["V"], c["KP"], c["NS"]
+    HH, KEY = c["HH"], c["KEY"]
+    gated = int(s["gated"])
 
-    wy = 0.0
-    if c["HH"]:
-        programs = d["B"] * d["H"] * chunks
-        flops = programs * (2 * BT * BT * d["K"] + 2 * BT * BT * (d["K"] + d["V"]))
-        moved = programs * BT * (2 * d["K"] + 2 * d["V"]) * 2
-        wy = (_throughput(moved, flops, programs, hw, hw.tensor_flops * eff)
-              + _waves(programs, 1, hw) * BT * SUBSTITUTION_CYCLES / hw.clock_hz)
-    return h + o + wy
+    def cd(n, b):
+        return -(-n // b)
+
+    def shared(nbytes, readers):
+        """(HBM, L2) bytes of a tile `readers` programs running together load."""
+        return nbytes / readers, nbytes - nbytes / readers
+
+    def chunks(BT):
+        return B * cd(T * NS, BT), cd(T * NS, BT)        # chunks of all sequences, per sequence
+
+    def scores(BT, KB, BC):
+        """(FLOPs, lane-ops) of one K block of a chunk's secondary-chunked scores."""
+        return (BT // BC - 1) * 2 * BT * BT * KB, (BT // BC - 1) * 8 * BT * KB + BC * 12 * BT * KB
+
+    def wy(a):
+        BT = a["BT"]
+        BV, BC = a["wy_BV"], min(a["BC"], BT)
+        NT, _ = chunks(BT)
+        inverse = (BC + BT // BC) * 2 * BT * BT * BT
+        once = (2 * BT * BT * KP * 2 + inverse, BT * KP * 2, BT * BT * 4 + BT * KP * 2, BT * KP * 2,
+                BC * 3 * BT * BT + 4 * BT * KP)
+        loop = (2 * BT * BT * BV, BT * BV * 2, BT * BV * 2, 0, 3 * BT * BV)
+        return _kernel(hw, CODE["chunked"], programs=NT * H, warps=a["wy_warps"], stages=a["wy_stages"],
+                       elems=4 * BT * BT + 2 * BT * KP + 2 * BT * BV,
+                       smem=a["wy_stages"] * BT * BV * 4 + BT * BT * 4 + BT * KP * 2,
+                       iters=cd(V, BV), loop=loop, once=once)
+
+    def h(a):
+        BT, BV = a["BT"], a["h_BV"]
+        _, NC = chunks(BT)
+        nv = cd(V, BV)
+        hbm, l2 = shared(KP * BT * 2 + HH * BT * KP * 2 + KEY * KP * BT * 4, nv)
+        loop = (2 * KP * BT * BV * (1 + HH), hbm + BT * BV * 2, KP * BV * 2 + HH * BT * BV * 4, l2,
+                2 * KP * BV + (2 + 3 * gated) * BT * BV + KEY * 4 * KP * BT + HH * 2 * BT * BV)
+        return _kernel(hw, CODE["chunked"], programs=B * H * nv, warps=a["h_warps"], stages=a["h_stages"],
+                       elems=KP * BV + BT * BV + KP * BT // 2 + HH * (BT * KP // 2 + BT * BV) + KEY * KP * BT,
+                       smem=a["h_stages"] * (KP * BT + BT * BV + HH * BT * KP) * 2 + KP * BV * 2,
+                       iters=NC, loop=loop, once=(0, KP * BV * 4, KP * BV * 4, 0, 2 * KP * BV))
+
+    def dh(a):
+        BT, BV = a["BT"], a["dh_BV"]
+        BTT = BT // NS
+        _, NC = chunks(BT)
+        nv = cd(V, BV)
+        hbm, l2 = shared(KP * BTT * 2 + HH * 2 * BT * KP * 2 + KEY * KP * BTT * 4, nv)
+        loop = (2 * KP * BTT * BV + HH * 4 * BT * KP * BV, hbm + BTT * BV * 2 + HH * BT * BV * 4,
+                KP * BV * 2 + HH * BT * BV * 4, l2,
+                2 * KP * BV + 4 * KP * BTT + KEY * 4 * KP * BTT + HH * (3 * BT * BV + 2 * BT * KP))
+        return _kernel(hw, CODE["chunked"], programs=B * H * nv, warps=a["dh_warps"], stages=a["dh_stages"],
+                       elems=KP * BV + (KP * BTT + BTT * BV) // 2 + HH * (BT * KP + BT * BV) + KEY * KP * BT,
+                       smem=a["dh_stages"] * (KP * BTT + BTT * BV + HH * 2 * BT * KP) * 2 + KP * BV * 2,
+                       iters=NC, loop=loop, once=(0, KP * BV * 4, KP * BV * 4, 0, 2 * KP * BV))
+
+    def o(a):
+        BT, BV, KB = a["BT"], a["o_BV"], min(a["BKS"], KP)
+        BTT = BT // NS
+        NT, _ = chunks(BT)
+        nv = cd(V, BV)
+        hbm, l2 = shared((BTT * KB + (1 - KEY) * BT * KB) * 2 + KEY * (BT * KB * 8), nv)
+        flops = 2 * BTT * KB * BV + (1 - KEY) * 2 * BTT * KB * BT
+        ops = 2 * KB * BV + KEY * BTT * KB * 6
+        if KEY:
+            f, o_ = scores(BT, KB, a["BC"])
+            flops, ops = flops + f, ops + o_
+        once = (2 * BTT * BT * BV, BT * BV * 2, BTT * BV * 2, 0, BTT * BT * 6 + BTT * BV * 4)
+        return _kernel(hw, CODE["chunked"], programs=nv * NT * H, warps=a["o_warps"], stages=a["o_stages"],
+                       elems=BTT * BV + BT * BT + (BTT * KB + BT * KB + KB * BV + BT * BV) // 2 + KEY * 5 * BT * KB,
+                       smem=a["o_stages"] * (BTT * KB + BT * KB + KB * BV) * 2 + (BT * BT + BT * BV) * 2,
+                       iters=cd(K, KB), loop=(flops, hbm + KB * BV * 2, 0, l2, ops), once=once)
+
+    def dv(a):
+        BT, BV, KB = a["BT"], a["dv_BV"], min(a["BKS"], KP)
+        BTT = BT // NS
+        NT, _ = chunks(BT)
+        nv = cd(V, BV)
+        plain = 1 - HH
+        hbm, l2 = shared((BT * KB + KB * BTT) * 2 + KEY * BT * KB * 4, nv)
+        flops = 2 * BT * KB * BTT + plain * 2 * BT * KB * BV
+        ops = plain * 2 * KB * BV
+        if KEY:
+            f, o_ = scores(BT, KB, a["BC"])
+            flops, ops = flops + f, ops + o_
+        once = (2 * BT * BTT * BV, BTT * BV * 2, BT * BV * (4 if HH else 2), 0, BT * BTT * 6 + BT * BV * 5)
+        return _kernel(hw, CODE["chunked"], programs=nv * NT * H, warps=a["dv_warps"], stages=a["dv_stages"],
+                       elems=BT * BTT + 2 * BT * BV + (2 * BT * KB + KB * BV + BT * BV) // 2
+                       + KEY * (5 * BT * KB + BT * BT),
+                       smem=a["dv_stages"] * (2 * BT * KB + KB * BV) * 2 + (BT * BT + BT * BV) * 2,
+                       iters=cd(K, KB), loop=(flops, hbm + plain * KB * BV * 2, 0, l2, ops), once=once)
+
+    def dqk(a):
+        BT, BV, KB = a["BT"], a["dqk_BV"], min(a["BKS"], KP)
+        BTT = BT // NS
+        NT, _ = chunks(BT)
+        nk = cd(K, KB)
+        hbm, l2 = shared((BT * BV + BTT * BV) * 2 + HH * BT * BV * 4, nk)
+        loop = (2 * BV * (BTT * KB + BT * KB + BTT * BT) + HH * 2 * BT * BV * KB, hbm + 2 * KB * BV * 2, 0, l2,
+                2 * KB * BV + BT * BV + HH * BT * BV)
+        extra = 2 * min(a.get("BC", 16), BT) * 12 * BT * KB if KEY else 0
+        once = (2 * 2 * BTT * BT * KB, (BTT * KB + BT * KB) * 2, (BTT * KB + BT * KB) * 2 + BT * 4 * (gated + 1), 0,
+                BTT * BT * 6 + 4 * BT * KB + extra)
+        return _kernel(hw, CODE["chunked"], programs=nk * NT * H, warps=a["dqk_warps"], stages=a["dqk_stages"],
+                       elems=2 * BT * KB + BT * BT + HH * (BT * KB + BT * BV) + (2 * BT * BV + 2 * KB * BV) // 2
+                       + KEY * 4 * BT * KB,
+                       smem=a["dqk_stages"] * (2 * BT * BV + 2 * KB * BV + HH * 2 * BT * BV) * 2
+                       + (BT * BT + BT * KB) * 2,
+                       iters=cd(V, BV), loop=loop, once=once)
+
+    def wyb(a):
+        BT, BV, KB = a["BT"], a["wyb_BV"], min(a["BKS"], KP)
+        NT, _ = chunks(BT)
+        loop = (2 * 2 * BT * BT * BV, BT * BV * (4 + 2), BT * BV * 2, 0, 4 * BT * BV)
+        once = (2 * 3 * BT * BT * K + 2 * BT * BT * BT, BT * K * (2 + 4), BT * K * 2, BT * K * 2 * 2,
+                6 * BT * BT + 6 * BT * K)
+        return _kernel(hw, CODE["chunked"], programs=NT * H, warps=a["wyb_warps"], stages=a["wyb_stages"],
+                       elems=3 * BT * BT + 3 * BT * BV + BT * KB,
+                       smem=a["wyb_stages"] * BT * BV * 6 + BT * BT * 4 + BT * KB * 2,
+                       iters=cd(V, BV), loop=loop, once=once)
+
+    bc = ("BC",) if KEY else ()
+    kernels = {"wy": (wy, ("BT", "BC")), "h": (h, ("BT",)), "o": (o, ("BT", "BKS") + bc),
+               "dv": (dv, ("BT", "BKS") + bc), "dh": (dh, ("BT",)), "dqk": (dqk, ("BT", "BKS") + bc),
+               "wyb": (wyb, ("BT", "BKS"))}
+    return [(k, kernels[k][1] + (f"{k}_BV", f"{k}_warps", f"{k}_stages"), kernels[k][0]) for k in chunked_kernels(s)]
 
 
 @dataclass(frozen=True)
@@ -317,18 +594,21 @@ class Family:
     dims: tuple               # dim names of this family, besides B, T, H
     shape: dict               # shape keywords and their defaults
     consts: Callable          # (dims, shape, hw) -> constants of the .constraints text
-    time: Callable            # (assignment, consts, dims, shape, hw) -> seconds
+    terms: Callable           # (consts, dims, shape, hw) -> [(name, variables read, cost(assignment) -> s)]
     measures: str             # what the estimate covers
 
 
 FAMILIES = {
     "recurrent": Family("recurrent", ("K", "V"),
                         {"split": True, "states": 1, "row_inputs": 2, "col_inputs": 1, "outputs": 1},
-                        recurrent_consts, recurrent_time, "forward + backward"),
-    "cell": Family("cell", ("D",), {"gates": 4, "states": 2}, cell_consts, cell_time, "forward"),
-    "scan": Family("scan", ("D",), {"elements": 2, "loads": 2, "outputs": 1}, scan_consts, scan_time, "forward"),
-    "chunked": Family("chunked", ("K", "V"), {"substeps": 1, "householder": False, "gated": True, "split_k": False},
-                      chunked_consts, chunked_time, "forward"),
+                        recurrent_consts, recurrent_terms, "forward + backward"),
+    "cell": Family("cell", ("D", "RB"), {"gates": 4, "states": 2, "save_dots": True}, cell_consts, cell_terms,
+                   "forward + backward"),
+    "scan": Family("scan", ("D",), {"elements": 2, "loads": 2, "states": 1, "outputs": 1}, scan_consts, scan_terms,
+                   "forward + backward"),
+    "chunked": Family("chunked", ("K", "V"),
+                      {"substeps": 1, "householder": False, "gated": True, "per_key": False, "normaliser": False},
+                      chunked_consts, chunked_terms, "forward + backward"),
 }
 
 
@@ -349,6 +629,10 @@ def family_problem(family: str, dims: dict | None = None, hw: Hardware | None = 
 
 
 def _setup(family: str, dims: dict | None, hw, shape: dict):
+    """(problem, terms, dims, shape, hw): the variables the terms read (a kernel the shape does
+    not launch reads none: its variables and their constraints are left out), and the terms:
+    the cost model's, or on the interpreter model the sum of each term's own variables and of
+    the shared ones."""
     if family not in FAMILIES:
         raise ReccError(f"unknown kernel family '{family}', expected one of: {', '.join(FAMILIES)}")
     fam = FAMILIES[family]
@@ -365,11 +649,24 @@ def _setup(family: str, dims: dict | None, hw, shape: dict):
     s = {**fam.shape, **shape}
     consts = fam.consts(d, s, hw)
     base = _parsed(family, tuple(sorted(consts.items())))
+    raw = fam.terms(consts, d, s, hw)
+    read = {v for _, names, _ in raw for v in names}
+    variables = tuple(v for v in base.variables if v.name in read)
+    constraints = tuple(c for c in base.constraints if all(v.name in read for v in c.variables()))
     if hw.interpreter:
-        objective = lambda a: sum(a.values())
+        readers = {v.name: sum(v.name in names for _, names, _ in raw) for v in variables}
+        shared = tuple(v.name for v in variables if readers[v.name] > 1)
+        terms = [Term(name, names, _sum_of([v for v in names if readers[v] == 1])) for name, names, _ in raw]
+        terms.append(Term("shared", shared, _sum_of(shared)))
     else:
-        objective = lambda a: fam.time(a, consts, d, s, hw)
-    return Problem(base.variables, base.constraints, objective), d, s, hw
+        terms = [Term(name, names, cost) for name, names, cost in raw]
+    problem = Problem(variables, constraints, sum_of(terms))
+    return problem, tuple(terms), d, s, hw
+
+
+def _sum_of(names) -> Callable:
+    names = tuple(names)
+    return lambda a: sum(a[n] for n in names)
 
 
 def choose_tiles(family: str, dims: dict | None = None, hw: Hardware | str | None = None, **shape) -> Tiles:
@@ -378,19 +675,37 @@ def choose_tiles(family: str, dims: dict | None = None, hw: Hardware | str | Non
     dims: the family's dims (`FAMILIES[family].dims`) and B, T, H; missing ones from `MAIN`.
     shape: the family's shape keywords (`FAMILIES[family].shape`), e.g. `split=False`.
     Raises TilesInfeasible, naming a minimal set of conflicting constraints, if none fits."""
-    problem, d, s, hw = _setup(family, dims, hw, shape)
+    problem, terms, d, s, hw = _setup(family, dims, hw, shape)
     try:
-        best = feasible_points(problem, 1)[0]
+        best = split_points(problem, terms, 1)[0]
     except Infeasible as error:
         raise TilesInfeasible(family, d, s, hw, error) from None
-    return Tiles(family, dict(best.assignment), best.objective, list(best.binding), hw, d, s, problem, best)
+    return Tiles(family, dict(best.assignment), best.objective, list(best.binding), hw, d, s, problem, best, terms)
 
 
 def launch_tiles(family: str, dims: dict, device=None, spec_key: str = "", **shape) -> dict:
-    """`choose_tiles(...).assignment` for generated host code at call time: cached per
-    (family, dims, shape, hardware), a tuned winner (`tune`, under `spec_key`) preferred.
-    `device` is the inputs' device (a CPU device gives the interpreter model)."""
-    return dict(_launch(family, tuple(sorted(dims.items())), hardware(device), spec_key, tuple(sorted(shape.items()))))
+    """What generated host code launches with: `choose_tiles(...).assignment` for the model of
+    `device` (the inputs' device; a CPU device gives the interpreter model), or the winner
+    `tune` cached for it under `spec_key`. Cached per (family, dims, shape, hardware); T is
+    rounded up to a power of two first (the choice depends on T only through the number of
+    blocks, and varlen batches of new lengths then reuse it)."""
+    dims = dict(dims)
+    if "T" in dims:
+        dims["T"] = _pow2(max(int(dims["T"]), 1))
+    return dict(_launch(family, tuple(sorted(dims.items())), _device_model(device), spec_key,
+                        tuple(sorted(shape.items()))))
+
+
+def _device_model(device) -> Hardware:
+    """hardware(device), cached per device (a CUDA device's properties are read once)."""
+    if device is None or isinstance(device, (Hardware, str, int)):
+        return hardware(device)
+    return _device_model_of(str(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _device_model_of(device: str) -> Hardware:
+    return hardware(device)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -399,16 +714,60 @@ def _launch(family: str, dims: tuple, hw: Hardware, spec_key: str, shape: tuple)
     return tuned(tiles, spec_key) if spec_key else tiles.assignment
 
 
+def reference_tiles(rec: ir.Recurrence, family: str) -> dict | None:
+    """The family's choice on the H100 model at the spec's main shape (`families_of`): what a
+    module's header shows as an example (its host code chooses per call); None if infeasible."""
+    dims, shape = families_of(rec).get(family, ({}, FAMILIES[family].shape))
+    try:
+        return choose_tiles(family, dims, "h100", **shape).assignment
+    except TilesInfeasible:
+        return None
+
+
+def described(assignment: dict | None) -> str:
+    """'BT=64 BD=32 num_warps=4' (or 'infeasible')."""
+    return " ".join(f"{k}={v}" for k, v in assignment.items()) if assignment is not None else "infeasible"
+
+
+def spec_key(rec: ir.Recurrence) -> str:
+    """The key a spec's tuned tiles are cached under: its text's sha256 (the module's SPEC_HASH)."""
+    return hashlib.sha256(rec.source.encode("utf-8")).hexdigest()
+
+
+def launch_shape(rec: ir.Recurrence, family: str) -> tuple:
+    """(dims, shape) a lowering renders into its host code for `launch_tiles`: dims maps the
+    family's dim names to the spec's (a dim name, or a number for a fixed size), shape holds
+    the compile-time shape keywords; those of `families_of`, or the family's defaults where
+    the analysis does not list the family (a strategy forced by name)."""
+    found = _families(rec).get(family)
+    if found is None:
+        return {}, dict(FAMILIES[family].shape)
+    return dict(found[0]), dict(found[1])
+
+
 # ---- a spec's families ----------------------------------------------------------------------
 
 def families_of(rec: ir.Recurrence, dims: dict | None = None) -> dict:
     """{family: (dims, shape)} for the kernel families `rec`'s strategies use, at representative
     dims: `dims` (spec dim names, and B, T, H), else the spec's fixed sizes, else 128 (`MAIN`)."""
-    from .analysis import analyse
-    facts = analyse(rec)
     size = {**{d.name: 128 for d in rec.dims}, **rec.fixed_dims, **(dims or {})}
     call = {k: int(size.get(k, MAIN[k])) for k in ("B", "T", "H")}
-    n = lambda dim: dim if isinstance(dim, int) else size[dim]
+    n = lambda dim: dim if isinstance(dim, int) else int(size[dim])
+    out = {}
+    for family, (spec_dims, shape) in _families(rec).items():
+        d = {k: n(v) for k, v in spec_dims.items()}
+        if family == "cell":
+            d["RB"] = MAIN["RB"]
+        out[family] = ({**call, **d}, shape)
+    return out
+
+
+def _families(rec: ir.Recurrence) -> dict:
+    """{family: ({family dim: spec dim name or size}, shape keywords)}, best strategy first."""
+    from .analysis import analyse
+    facts = analyse(rec)
+    fixed = {**rec.fixed_dims}
+    n = lambda dim: dim if isinstance(dim, int) else fixed.get(dim, 128)
     matrices = [s for s in rec.states if len(s.shape) == 2]
     vectors = [s for s in rec.states if len(s.shape) == 1]
     out = {}
@@ -416,20 +775,22 @@ def families_of(rec: ir.Recurrence, dims: dict | None = None) -> dict:
     cell_params = [p for p in rec.params if len(p.shape) >= 2 and p.shape[-1] == p.shape[-2]]
     if stuck and vectors and cell_params:   # as recc.plan.candidates: a nonlinear cell goes to `cell` first
         gates = sum(math.prod(n(x) for x in p.shape[:-2]) for p in cell_params)
-        out["cell"] = ({**call, "D": n(vectors[0].shape[0])}, {"gates": gates, "states": len(rec.states)})
+        out["cell"] = ({"D": vectors[0].shape[0]}, {"gates": gates, "states": len(rec.states), "save_dots": True})
     strategies = [s for s in facts.strategies if s in FAMILIES]
     if "chunked" in strategies and len(matrices) == 1:
         S = facts.state(matrices[0].name)
         K, V = matrices[0].shape
-        out["chunked"] = ({**call, "K": n(K), "V": n(V)},
+        out["chunked"] = ({"K": K, "V": V},
                           {"substeps": S.householder_count or 1, "householder": S.transition == "householder_product",
-                           "gated": S.gate != "none"})
+                           "gated": S.gate != "none", "per_key": S.gate == "diagonal", "normaliser": bool(vectors)})
     if "scan" in strategies and vectors:
         groups = {s.monoid for s in facts.states if s.monoid}
         linear = [s for s in facts.states if s.affine]
         elements = 2 * len(linear) + sum(len(rec.monoid(g).elements) for g in groups)
         loads = sum(1 for i in rec.inputs if i.shape)
-        out["scan"] = ({**call, "D": n(vectors[0].shape[0])}, {"elements": elements, "loads": max(loads, 1)})
+        out["scan"] = ({"D": vectors[0].shape[0]},
+                       {"elements": elements, "loads": max(loads, 1), "states": len(vectors),
+                        "outputs": max(1, len(rec.outputs))})
     # the recurrent lowering tiles the state's last dim: no [D, D] param (a cell's R), one matrix
     # shape, and that matrix not square over one dim
     shapes = {tuple(s.shape) for s in matrices}
@@ -447,7 +808,7 @@ def families_of(rec: ir.Recurrence, dims: dict | None = None) -> dict:
         row = lambda t: bool(t.shape) and t.shape[-1] == K and K != 1
         col = lambda t: bool(t.shape) and t.shape[-1] == V
         stacked = lambda t: math.prod(n(x) for x in t.shape[:-1])
-        out["recurrent"] = ({**call, "K": n(K), "V": n(V)},
+        out["recurrent"] = ({"K": K, "V": V},
                             {"split": bool(split), "states": max(len(cols), 1),
                              "row_inputs": sum(stacked(t) for t in rec.inputs if row(t)),
                              "col_inputs": sum(stacked(t) for t in rec.inputs if col(t)),

@@ -76,6 +76,14 @@ def compiled(spec: str):
     return rec, namespace
 
 
+def tuned(spec: str, **tuning):
+    """(IR, a fresh namespace of the lowered source with these `_cell_tuning` entries): the
+    namespace's functions read its own `_cell_tuning`, so it is updated in place."""
+    rec, ns = compiled.__wrapped__(spec)
+    ns["_cell_tuning"].update(tuning)
+    return rec, ns
+
+
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     """||got - want|| / ||want||; NaN anywhere gives NaN (which never passes)."""
     got, want = got.double(), want.double()
@@ -195,19 +203,22 @@ def test_cell_backward_with_missing_cotangents(which):
 
 def test_cell_more_sequences_than_one_tile():
     """Several programs per head: param gradients are summed over their partial sums."""
-    rec, ns = compiled("gru")
-    ns = dict(ns)
-    ns["_cell_tuning"] = dict(ns["_cell_tuning"], max_rows=16)
+    rec, ns = tuned("gru", BB=16)
     check_cell("gru", B=20, T=4, dims={"D": 8}, with_init=True, namespace=ns)
+
+
+@pytest.mark.parametrize("resident", [0, 1])
+def test_cell_param_matrices_resident_or_not(resident):
+    """R in shared memory for the whole loop, or read every step (the interpreter model picks 0)."""
+    rec, ns = tuned("lstm", RESIDENT=resident)
+    check_cell("lstm", B=3, T=5, dims={"D": 8}, with_init=True, namespace=ns)
 
 
 @pad_nan
 @pytest.mark.parametrize("spec", ["lstm", MIXER], ids=["lstm", "mixer"])
 def test_cell_backward_recomputing_products(spec):
     """With `save_dots` off the backward recomputes the param-matrix products from the states."""
-    rec, ns = compiled(spec)
-    ns = dict(ns)
-    ns["_cell_tuning"] = dict(ns["_cell_tuning"], save_dots=False)
+    rec, ns = tuned(spec, save_dots=False)
     dims = {"D": 8, "E": 5} if spec == MIXER else {"D": 8}
     check_cell(spec, B=3, T=5, dims=dims, with_init=True, namespace=ns)
 
@@ -232,9 +243,7 @@ def test_cell_forward_without_gradient_saves_nothing():
 @pytest.mark.parametrize("spec", ["lstm", "gru", MIXER], ids=["lstm", "gru", "mixer"])
 def test_cell_param_gradient_modes(spec, dw):
     """dW accumulated in registers, or g and v stored per step and one GEMM after (varlen too)."""
-    rec, ns = compiled(spec)
-    ns = dict(ns)
-    ns["_cell_tuning"] = dict(ns["_cell_tuning"], dw=dw)
+    rec, ns = tuned(spec, dw=dw)
     dims = {"D": 8, "E": 5} if spec == MIXER else {"D": 8}
     check_cell(spec, B=3, T=5, dims=dims, with_init=True, namespace=ns)
     check_cell(spec, B=1, T=11, dims=dims, with_init=False, cu_seqlens=[0, 3, 3, 11], namespace=ns)

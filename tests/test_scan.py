@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import recc
-from recc.lower.scan import NotScannable, lower_scan, scan_form, scan_tiles
+from recc.lower.scan import NotScannable, lower_scan, scan_form
 from recc.reference import reference
 from recc.signature import bind
 
@@ -92,11 +92,13 @@ VARIANTS = {"chunks-4x4": dict(SMALL), "chunks-3x8": dict(SMALL, R=3, W=8),
 
 
 def scan_op(name, specs_dir, tiles=None):
-    """recc's op for a spec under strategy `scan`, with its tiles shrunk for the interpreter."""
+    """recc's op for a spec under strategy `scan`, with its tiles shrunk for the interpreter
+    (`tiles={}`: no overrides, the solver's interpreter choice)."""
     path = f"specs/{name}.rec" if name not in SPECS else specs_dir / f"{name}.rec"
     op = recc.load(path, strategy="scan")
     assert op.module.STRATEGY == "scan"
-    op.module._SCAN_TILES.update(tiles or SMALL)
+    op.module._SCAN_TILES.clear()
+    op.module._SCAN_TILES.update(SMALL if tiles is None else tiles)
     return op
 
 
@@ -122,8 +124,16 @@ def test_first_order_matches_reference(T, initial_state, specs_dir):
     check("first_order", specs_dir, T=T, initial_state=initial_state)
 
 
-def test_first_order_default_tiles(specs_dir):
-    op = scan_op("first_order", specs_dir, dict(scan_tiles(), fill=True))   # W grows to fill 4 warps
+def test_first_order_solver_tiles(specs_dir):
+    """No overrides: the tiles the solver picks for the call (the interpreter model: the smallest legal)."""
+    op = scan_op("first_order", specs_dir, {})
+    rec = recc.load_spec("specs/first_order.rec")
+    args = random_arguments(rec, 1, 40, 2, {"D": 12})
+    assert_close_to_reference(op, rec, args, {"initial_state": random_initial_state(rec, args)})
+
+
+def test_first_order_chunks_fill_the_warps(specs_dir):
+    op = scan_op("first_order", specs_dir, dict(variant="chunks", BT=64, num_warps=4))   # W fills 4 warps, R = BT // W
     rec = recc.load_spec("specs/first_order.rec")
     args = random_arguments(rec, 1, 40, 2, {"D": 12})
     assert_close_to_reference(op, rec, args, {"initial_state": random_initial_state(rec, args)})
@@ -216,6 +226,7 @@ def lowered_op(rec, tmp_path, tiles, **options):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module._WRAPPER_SAVES_OUTPUTS = True
+    module._SCAN_TILES.clear()
     module._SCAN_TILES.update(tiles)
 
     def op(*tensors, output_final_state=False, initial_state=None, **kwargs):

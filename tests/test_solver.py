@@ -438,3 +438,59 @@ def test_solve_time(text: str) -> None:
     median = sorted(runs)[len(runs) // 2] * 1e3
     print(f"\n{len(problem.variables)} variables: median solve {median:.2f} ms, {best.nodes} nodes")
     assert median < 50
+
+
+# ---------------------------------------------------------------------------
+# Objectives summed over terms: split_points solves them part by part, exactly
+
+SPLIT = """
+var BT in {16, 32, 64}
+var a_BV in pow2(16, 128)
+var a_w in {1, 2, 4, 8}
+var b_BV in pow2(16, 128)
+var b_w in {1, 2, 4, 8}
+var unused in 1..3
+constraint shared: BT >= 32 or a_BV >= 32
+constraint a_regs: a_BV * BT // (32 * a_w) <= 64
+constraint b_regs: b_BV * BT // (32 * b_w) <= 32
+constraint b_fit: b_BV <= 2 * BT
+constraint u: unused != 2
+"""
+
+
+def split_terms():
+    from recc.solver import Term
+    return [Term("a", ("BT", "a_BV", "a_w"), lambda v: abs(v["a_BV"] * v["a_w"] - v["BT"] * 3) + v["a_w"] / 7),
+            Term("b", ("BT", "b_BV", "b_w"), lambda v: 100.0 / (v["b_BV"] * v["b_w"]) + v["BT"] / 16),
+            Term("s", ("BT", "unused"), lambda v: (v["BT"] - 40) ** 2 / 100)]
+
+
+def test_split_points_equal_the_whole_enumeration() -> None:
+    from recc.solver import split_points, sum_of
+    terms = split_terms()
+    base = parse_problem(SPLIT)
+    problem = Problem(base.variables, base.constraints, sum_of(terms))
+    whole = feasible_points(problem)
+    split = split_points(problem, terms, None)
+    assert [s.assignment for s in split] == [s.assignment for s in whole]
+    assert [s.objective for s in split] == [s.objective for s in whole]
+    best = split_points(problem, terms, 1)[0]
+    assert best.assignment == whole[0].assignment and best.binding == whole[0].binding
+    assert [s.assignment for s in split_points(problem, terms, 7)] == [s.assignment for s in whole[:7]]
+
+
+def test_split_points_refuse_a_constraint_across_two_terms() -> None:
+    from recc.solver import split_points, sum_of
+    terms = split_terms()
+    base = parse_problem(SPLIT + "constraint both: a_BV == b_BV\n")
+    with pytest.raises(ValueError, match="constraint both reads the own variables of terms \\['a', 'b'\\]"):
+        split_points(Problem(base.variables, base.constraints, sum_of(terms)), terms)
+
+
+def test_split_points_name_a_core_when_infeasible() -> None:
+    from recc.solver import split_points, sum_of
+    terms = split_terms()
+    base = parse_problem(SPLIT + "constraint short: BT <= 32\nconstraint wide: b_BV >= 128\n")
+    with pytest.raises(Infeasible) as raised:
+        split_points(Problem(base.variables, base.constraints, sum_of(terms)), terms)
+    assert raised.value.labels == ["b_fit", "short", "wide"]

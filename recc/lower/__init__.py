@@ -42,6 +42,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import ReccError
+
 
 @dataclass(frozen=True)
 class Lowered:
@@ -49,3 +51,20 @@ class Lowered:
     source: str                   # the kernels and _forward / _backward
     why: str                      # one line: why this strategy and these tiles
     tiles: dict = field(default_factory=dict)
+
+
+def literal(values: dict, strings: dict | None = None) -> str:
+    """`values` as a Python dict literal for generated code: keys must be identifiers, values
+    ints, bools, tuples of ints, or strings among `strings[key]` (nothing else is ever pasted
+    into a module: launch parameters, overrides and shape keywords only)."""
+    items = []
+    for key, value in values.items():
+        if not (isinstance(key, str) and key.isidentifier()):
+            raise ReccError(f"tile name {key!r} is not an identifier")
+        ok = (isinstance(value, int) or (isinstance(value, tuple) and all(isinstance(v, int) for v in value))
+              or (isinstance(value, str) and value in (strings or {}).get(key, ())))
+        if not ok:
+            raise ReccError(f"tile {key}={value!r}: expected a number" +
+                            (f" or one of {', '.join(strings[key])}" if strings and key in strings else ""))
+        items.append(f"{key!r}: {value!r}")
+    return "{" + ", ".join(items) + "}"

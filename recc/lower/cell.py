@@ -7,7 +7,7 @@ head-wise recurrent matrix. Such a step is not associative; it runs as one
 sequential kernel over time:
 
 * grid `(H, cdiv(N, BB))`: a program owns one head and a tile of BB sequences
-  (all of them when N <= 64), so the recurrent product of a step is a `tl.dot`
+  (BB from the solver, `recc.tiles`), so the recurrent product of a step is a `tl.dot`
   of the [BB, D] state tile with each [D, D] slice of the head's matrix;
 * states live in registers across the time loop; the param matrix is loaded
   once before the loop and kept on chip when it fits (`W_RESIDENT`; Triton puts
@@ -40,7 +40,8 @@ import jinja2
 from .. import ir
 from ..errors import ReccError
 from ..resources import templates_dir
-from . import Lowered
+from ..tiles import described, launch_shape, reference_tiles, spec_key
+from . import Lowered, literal
 
 MIN_DOT = 16          # tl.dot needs every side >= 16
 
@@ -852,15 +853,24 @@ def _environment() -> jinja2.Environment:
 
 
 def lower_cell(rec: ir.Recurrence) -> Lowered:
-    """The fused forward and backward kernels of a cell; raises NotACell outside the family."""
+    """The fused forward and backward kernels of a cell; raises NotACell outside the family.
+    The host code takes BB, num_warps and RESIDENT from the solver at each call shape
+    (`recc.tiles.launch_tiles`, templates/cell.constraints)."""
     kernel = _Kernel(rec)
     parts = kernel.sections()
-    source = _environment().get_template("cell.py.jinja").render(**parts)
+    dims, shape = launch_shape(rec, "cell")
+    dim = dims.get("D", rec.states[0].shape[0] if rec.states[0].shape else 1)
+    if not (isinstance(dim, int) or (isinstance(dim, str) and dim.isidentifier())):
+        raise ReccError(f"cell: state dim {dim!r} is not a dim name or a size")  # the checker guarantees this
+    source = _environment().get_template("cell.py.jinja").render(
+        **parts, launch_shape=literal(shape), launch_dim=repr(dim), spec_key=spec_key(rec))
     n_dots = len(kernel.step.dots)
+    example = described(reference_tiles(rec, "cell"))
     why = (f"cell with {n_dots} param-matrix product{'s' if n_dots != 1 else ''} per step and vector states: "
-           f"one fused sequential kernel per (head, tile of up to 64 sequences), states in registers, "
-           f"products as tl.dot; the backward reruns the step's adjoint in reverse time")
+           f"one fused sequential kernel per (head, tile of BB sequences), states in registers, "
+           f"products as tl.dot; the backward reruns the step's adjoint in reverse time; BB, num_warps and "
+           f"RESIDENT from the solver per call (H100, main shape: {example})")
     saved = [f"{s.name} per step" for s in rec.states] + [f"{n_dots} products per step (save_dots)"]
     return Lowered(strategy="cell", source=source, why=why,
-                   tiles={"grid": "(H, cdiv(N, BB))", "BB": "min(64, max(16, next_pow2(N)))",
+                   tiles={"grid": "(H, cdiv(N, BB))", "chosen": "per call (recc.tiles)",
                           "param_tiles": [w.var[3:] for w in kernel.weights], "saved": saved})

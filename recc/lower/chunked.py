@@ -25,7 +25,8 @@ a fixed set of templates (`templates/chunked_*.jinja`) specialised on the facts
 
 so a new spec of the family needs no new code (tests/test_chunked.py has two).
 
-Kernels (BT = chunk length in substeps, default 64; grids over chunks of all sequences,
+Kernels (BT = chunk length in substeps, from the solver per call with every kernel's V block,
+warps and pipeline stages: `recc.tiles`, templates/chunked.constraints; grids over chunks of all sequences,
 or over (sequence, head) for the passes; varlen through cu_seqlens tables):
 
 * `chunk_cumsum`: G = chunk-local cumulative sum of the log-decays (fp32).
@@ -72,8 +73,10 @@ from dataclasses import dataclass, replace
 import jinja2
 
 from .. import ir
+from ..errors import ReccError
 from ..resources import templates_dir
-from . import Lowered
+from ..tiles import described, launch_shape, reference_tiles, spec_key
+from . import Lowered, literal
 
 
 class NotChunked(Exception):
@@ -646,29 +649,33 @@ def _roles(form: ChunkedForm):
     return values, lines
 
 
-DEFAULT_TILES = {
-    "BT": 64,                # chunk length in substeps
-    "BC": 16,                # sub-chunk: per-key decays' secondary chunking, the UT transform's blocks
-    "BKS": 64,               # K block of the kernels that loop or split over K
-    # per kernel: (BV, num_warps, num_stages)
-    "wy": (64, 8, 2), "h": (32, 8, 2), "o": (64, 8, 2),
-    "dv": (64, 8, 2), "dh": (32, 8, 2), "dqk": (32, 8, 2), "wyb": (32, 8, 2),
-}
 KERNELS = ("wy", "h", "o", "dv", "dh", "dqk", "wyb")
+SHARED = ("BT", "BC", "BKS")
 
 
-def tile_defaults(tiles: dict | None) -> dict:
-    """The tiles with defaults filled in; `BV` sets every kernel's V block (tests use it)."""
-    tiles = dict(tiles or {})
-    out = {**DEFAULT_TILES, **{k: v for k, v in tiles.items() if k != "BV"}}
-    if "BV" in tiles:
-        for kernel in KERNELS:
-            out[kernel] = (tiles["BV"],) + tuple(out[kernel][1:])
+def chunked_overrides(tiles: dict | None) -> dict:
+    """Tile overrides in the host code's names (`_TILES`): BT, BC, BKS and <kernel>_BV,
+    <kernel>_warps, <kernel>_stages; also accepted: `BV` (every kernel's V block, tests use it)
+    and <kernel>: (BV, num_warps, num_stages)."""
+    out = {}
+    for key, value in (tiles or {}).items():
+        if key == "BV":
+            out.update({f"{k}_BV": value for k in KERNELS})
+        elif key in KERNELS:
+            bv, warps, stages = value
+            out.update({f"{key}_BV": bv, f"{key}_warps": warps, f"{key}_stages": stages})
+        elif key in SHARED or (key.split("_", 1)[0] in KERNELS and key.split("_", 1)[-1] in ("BV", "warps", "stages")):
+            out[key] = value
+        else:
+            raise ReccError(f"unknown chunked tile {key!r}: expected one of {', '.join(SHARED)}, BV, a kernel "
+                            f"({', '.join(KERNELS)}) or <kernel>_BV / _warps / _stages")
     return out
 
 
 def lower_chunked(rec: ir.Recurrence, tiles: dict | None = None) -> Lowered:
-    """Lower a recurrence of the chunked family (see the module docstring)."""
+    """Lower a recurrence of the chunked family (see the module docstring). The host code takes
+    its launch parameters from the solver at each call shape (`recc.tiles.launch_tiles`,
+    templates/chunked.constraints); `tiles` overrides them (see `chunked_overrides`)."""
     form = chunked_form(rec)
     if form.decay == "key" and form.coeff == "plain":
         # the per-key kernels take the coefficient folded into the key
@@ -679,21 +686,32 @@ def lower_chunked(rec: ir.Recurrence, tiles: dict | None = None) -> Lowered:
     layout_src = ('def _layout(vals, B, T, H, dims, dt):\n'
                   '    """Per-step values in the kernels\' layouts: vectors in dt, scalars in fp32."""\n'
                   + "".join(f"    {line}\n" for line in layout))
-    if form.decay == "key":  # the sub-chunked scores are computed once per chunk: one V block
-        tiles = {"o": (128, 8, 2), **(tiles or {})}
-    tiles = tile_defaults(tiles)
+    overrides = chunked_overrides(tiles)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     ctx = dict(name=rec.name, decay=form.decay, hh=form.householder, coeff=form.coeff,
                norm=form.normaliser is not None, normaliser=form.normaliser, ns=len(form.substeps),
-               state=form.state, output=form.output, kdim=form.K, vdim=form.V, tiles=repr(tiles),
+               state=form.state, output=form.output, kdim=form.K, vdim=form.V, tiles=literal(overrides),
+               launch_shape=literal(_launch_shape(rec, form)), spec_key=spec_key(rec),
                per_step=per_step, layout=layout_src)
     header = "import math\nimport os\n\nimport torch\nimport triton\nimport triton.language as tl\n\n" \
+        "from recc.tiles import launch_tiles as _launch_tiles\n\n" \
         "# _backward differentiates the per-step expressions with torch.autograd\n_BACKWARD_USES_AUTOGRAD = True\n\n"
     kernels = ("chunked_common.jinja",) + (("chunked_fwd.jinja", "chunked_bwd.jinja") if form.normaliser is None
                                            else ("chunked_norm.jinja",))
     source = header + "\n".join(env.get_template(t).render(**ctx) for t in kernels + ("chunked_host.jinja",))
+    example = described(reference_tiles(rec, "chunked"))
     why = (f"matrix state {form.state}[{form.K}, {form.V}] with an affine update: decay {form.decay}, "
            f"{'householder' if form.householder else 'plain'} transition x{len(form.substeps)}, "
-           f"coefficient {form.coeff}; chunk {tiles['BT']}")
-    return Lowered("chunked", source, why, tiles)
+           f"coefficient {form.coeff}; chunks and per-kernel tiles from the solver per call (H100, main shape: "
+           f"{example})")
+    return Lowered("chunked", source, why, {"chosen": "per call (recc.tiles)", **overrides})
+
+
+def _launch_shape(rec: ir.Recurrence, form: ChunkedForm) -> dict:
+    """The solver's shape keywords for this spec: the analysis' (`recc.tiles.launch_shape`), which
+    must agree with the form the kernels were specialised on."""
+    shape = launch_shape(rec, "chunked")[1]
+    shape.update(substeps=len(form.substeps), householder=form.householder, per_key=form.decay == "key",
+                 normaliser=form.normaliser is not None, gated=form.decay != "none")
+    return shape

@@ -27,7 +27,8 @@ import jinja2
 
 from .. import ir
 from ..resources import templates_dir
-from . import Lowered
+from ..tiles import described, launch_shape, reference_tiles, spec_key
+from . import Lowered, literal
 from .emit import (COL, LEAVES, ROW, Emitter, Graph, Namer, StepLowering, Unsupported, reachable, tile_axes, vjp)
 
 # Names the kernel skeleton (templates/recurrent.py.jinja) uses itself.
@@ -696,7 +697,7 @@ class RecurrentKernels:
         row, col = self.layout.row, self.layout.col
         lines = [f"BR = triton.next_power_of_2(dims[{row!r}])" if row else "BR = 1"]
         if col and self.col_tiled:
-            lines += [f"BC = min(triton.next_power_of_2(dims[{col!r}]), TILES['BV_bwd' if backward else 'BV'])",
+            lines += [f"BC = min(triton.next_power_of_2(dims[{col!r}]), tiles['BV_bwd' if backward else 'BV'])",
                       f"return BR, BC, triton.cdiv(dims[{col!r}], BC)"]
         elif col:
             lines += [f"BC = triton.next_power_of_2(dims[{col!r}])  # a step sums over {col}: one tile",
@@ -706,7 +707,7 @@ class RecurrentKernels:
         return lines
 
     def checkpoints_body(self) -> list:
-        lines = ["CHUNK = TILES['CHUNK']",
+        lines = ["CHUNK = _launch(call)['CHUNK']",
                  "if not save:",
                  "    chunks = 0",
                  "elif call.cu_seqlens is None:",
@@ -723,8 +724,9 @@ class RecurrentKernels:
         return ["dims = call.dims",
                 "B, T, H, N = call.B, call.T, call.H, call.N",
                 f"device = call.inputs[{first!r}].device",
-                "BR, BC, NV = _tiles(dims, backward=True)" if backward else "BR, BC, NV = _tiles(dims)",
-                "CHUNK = TILES['CHUNK']",
+                "tiles = _launch(call)",
+                "BR, BC, NV = _tiles(dims, tiles, backward=True)" if backward else "BR, BC, NV = _tiles(dims, tiles)",
+                "CHUNK = tiles['CHUNK']",
                 "initial = call.initial_state or {}",
                 "offsets = _chunk_offsets(call.cu_seqlens, CHUNK) if call.cu_seqlens is not None else None"]
 
@@ -744,7 +746,7 @@ class RecurrentKernels:
                   "saved = _checkpoints(call, device, save)",
                   "if B * T == 0:",
                   "    return outputs, _fresh_states(_REC, call, device), saved"]
-        lines += self.launch(self.fwd_kernel, self.fwd_args(), "TILES['num_warps']")
+        lines += self.launch(self.fwd_kernel, self.fwd_args(), "tiles['num_warps']")
         transposed = [s.name for s in rec.states if self.transposed(s.name)]
         if transposed:
             lines += [f"for name in {transposed!r}:", "    finals[name] = _public(finals[name])"]
@@ -784,7 +786,7 @@ class RecurrentKernels:
         for d in rec.params:
             lines.append(f"    {d.name!r}: torch.zeros({self.shape_text('NV, N, H', d.shape)}, **f32),")
         lines.append("}")
-        lines += self.launch(self.bwd_kernel, self.bwd_args(), "TILES['num_warps_bwd']")
+        lines += self.launch(self.bwd_kernel, self.bwd_args(), "tiles['num_warps_bwd']")
         lines.append("d_inputs = {")
         for d in rec.inputs:
             total = f"grads[{d.name!r}]" + (".sum(0)" if self.partial(d.name) else "")
@@ -871,6 +873,11 @@ def lower_recurrent(rec: ir.Recurrence, tiles: dict | None = None) -> Lowered:
     """Lower `rec` with the recurrent strategy and the given tiles (see `recc.plan`).
     Raises `Unsupported` (with the reason) when the spec does not fit the tile layout.
 
+    Launch tiles: BV, BV_bwd (the column tiles of the forward and backward kernels), CHUNK
+    (steps between checkpoints), num_warps, num_warps_bwd come from the solver at each call
+    shape (`recc.tiles.launch_tiles`, templates/recurrent.constraints); those in `tiles`
+    override it (rendered into the module's TILES, which tests and benchmarks also update).
+
     Compiled-in tiles: REG_STEPS, and ORDER / ORDER_bwd, the register order of a
     matrix state's tile in the forward / backward kernel: "VK" holds S[K, V] as
     [BV, BK], "KV" as [BK, BV] (ORDER_bwd defaults to ORDER)."""
@@ -884,8 +891,6 @@ def lower_recurrent(rec: ir.Recurrence, tiles: dict | None = None) -> Lowered:
     context["design"] = DESIGN
     row, col = forward.layout.row, forward.layout.col
     tiles = dict(tiles, REG_STEPS=forward.reg_steps)
-    if not forward.col_tiled:
-        tiles["BV"] = tiles["BV_bwd"] = "whole"
     if row and col and fwd_axes == bwd_axes:
         layout = f"state tile {forward.tile_text()}, {row} whole per program"
     elif row and col:
@@ -893,20 +898,37 @@ def lower_recurrent(rec: ir.Recurrence, tiles: dict | None = None) -> Lowered:
                   f"(checkpoints as the forward holds them), {row} whole per program")
     else:
         layout = f"state tile [B{col or row}]"
-    columns = (f"{col} in tiles of at most {tiles['BV']} (backward: {tiles['BV_bwd']}), one program per sequence, "
-               f"head and tile" if forward.col_tiled else
-               f"{col} whole (a step sums over it, so it cannot be split)")
-    steps = tiles["REG_STEPS"]
-    why = (f"{layout}; {columns}; backward: a checkpoint every {tiles['CHUNK']} steps, replayed {steps} "
-           f"step{'s' if steps > 1 else ''} at a time in registers")
     compiled = ("REG_STEPS", "ORDER", "ORDER_bwd")
-    context["tiles"] = {k: v for k, v in tiles.items() if k not in compiled}
-    if not forward.col_tiled:  # not used by _tiles(); kept so that every module has the same keys
-        context["tiles"].update(BV=RECURRENT_TILES["BV"], BV_bwd=RECURRENT_TILES["BV_bwd"])
+    overrides = {k: v for k, v in tiles.items() if k not in compiled}
+    example = reference_tiles(rec, "recurrent")
+    shown = {**(example or {}), **overrides}       # the header's example: the H100 model at the main shape
+    if not forward.col_tiled:
+        shown["BV"] = shown["BV_bwd"] = "whole"
+    columns = (f"{col} in tiles of BV (backward: BV_bwd), one program per sequence, head and tile"
+               if forward.col_tiled else f"{col} whole (a step sums over it, so it cannot be split)")
+    steps = tiles["REG_STEPS"]
+    why = (f"{layout}; {columns}; backward: a checkpoint every CHUNK steps, replayed {steps} "
+           f"step{'s' if steps > 1 else ''} at a time in registers; BV, BV_bwd, CHUNK and warps from the solver "
+           f"per call (H100, main shape: {described(example)})")
+    context["tiles"] = literal(overrides)
+    launch_dims, launch_kw = launch_shape(rec, "recurrent")
+    if not launch_dims:      # the analysis does not list the strategy (forced by name): the kernels' own axes
+        launch_dims = {"K": row or 1, "V": col or 1}
+    context["launch_dims"] = "{" + ", ".join(f"{k!r}: {_dim_literal(v)}" for k, v in launch_dims.items()) + "}"
+    context["launch_shape"] = literal(launch_kw)
+    context["spec_key"] = spec_key(rec)
+    tiles = dict(shown, **{k: tiles[k] for k in compiled})
     context["reg_steps"] = forward.reg_steps
     context["orders"] = (tiles["ORDER"], tiles["ORDER_bwd"])
     source = _environment().get_template("recurrent.py.jinja").render(**context)
     return Lowered("recurrent", source, why, tiles)
+
+
+def _dim_literal(dim) -> str:
+    """A dim of the solver's call as generated code: a spec dim's name (quoted) or a size."""
+    if isinstance(dim, int) or (isinstance(dim, str) and dim.isidentifier()):
+        return repr(dim)
+    raise Unsupported(f"dim {dim!r} is neither a name nor a size")  # the checker guarantees this never happens
 
 
 def _environment() -> jinja2.Environment:

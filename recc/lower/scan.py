@@ -14,7 +14,12 @@ acts on each channel independently (`scan_form` recognises them):
 Layout: inputs [B, T, H, D] (D contiguous). A program owns (sequence, head, BD
 channels) and walks its sequence ([bos, eos) of `cu_seqlens`, or row b) in
 blocks, carrying the state from block to block. Three kernel families are
-generated; `_SCAN_TILES["variant"]` in the generated module picks one per call:
+generated; the `tile` kernels run unless `_SCAN_TILES["variant"]` in the generated
+module (or `lower_scan(tiles=...)`) names another. Their launch parameters (BT,
+BD, num_warps) come from the solver at each call shape (`recc.tiles`, family
+`scan`): on an H100 at B=4 T=4096 H=16 D=128 fp32, BT=64 BD=32 4 warps, the
+fastest of 30 configs measured (`benchmarks/bench.py --ops scan --sweep`: fwd
+0.149 ms, bwd 0.248 ms; accelerated-scan 0.141 / 0.372 fwd / fwd+bwd):
 
 * `chunks`: a block is W chunks of R consecutive steps; a thread owns
   one chunk (of 16-byte vectors of channels) and steps through it sequentially.
@@ -65,9 +70,10 @@ from .. import ir
 from ..errors import ReccError
 from ..primitives import PRIMITIVES
 from ..resources import templates_dir
-from . import Lowered
+from ..tiles import described, launch_shape, reference_tiles, spec_key
+from . import Lowered, literal
 
-__all__ = ["lower_scan", "scan_form", "derivative", "ScanForm", "NotScannable", "scan_tiles"]
+__all__ = ["lower_scan", "scan_form", "derivative", "ScanForm", "NotScannable", "VARIANTS"]
 
 
 class NotScannable(ReccError):
@@ -527,35 +533,10 @@ _CALLS = {
 }
 
 
-# ---- tiles ----------------------------------------------------------------------------
-
-def scan_tiles() -> dict:
-    """Tile defaults (the generated module shrinks them for small D and T).
-
-    `chunks`: a program owns BD channels; a block of R * W steps is W chunks of R
-    consecutive steps, each chunk scanned step by step inside its threads (R loads in flight
-    per thread, no shuffles), the W chunks combined by one `tl.associative_scan`. BD = 32
-    fp32 channels: 128-byte rows, 16-byte vectors over 8 lanes; W = 16 chunks fill the other
-    4 lanes x 4 warps; R = 16 steps per chunk (256 steps per block).
-    `tile` (default): one `tl.associative_scan` over a [BT, BD] tile per block, walked by one
-    program, the next block's loads issued before the current block is scanned. Measured on an
-    H100 (Triton 3.6, B=4 T=4096 H=16 D=128 fp32, `python benchmarks/bench.py --ops scan --sweep
-    --T 4096`): BT=64 BD=32 4 warps is the fastest of 30 configs, fwd 0.149 ms, bwd 0.248 ms
-    (accelerated-scan: 0.141 / 0.372 fwd / fwd+bwd).
-    `lookback` (experimental, off): the `tile` block, but one block per program, time split over the
-    grid (B * H * D / BD * T / BT programs instead of B * H * D / BD), the carry passed from
-    program to program through a flagged word per channel. With [B, T, H, D] inputs and B * H *
-    D / BD ~ 256 programs, a program per channel tile walking T keeps too few loads in flight
-    (latency-bound, ~0.2 ms against a ~0.134 ms floor at B=4 T=4096 H=16 D=128 on an H100);
-    split over time, every tile's loads are issued at once and only the carry hop is serial.
-    BT = 128, BD = 32, 8 warps: 90 (forward) and 128 (backward) registers on sm_90, no spills,
-    32 hops per sequence. Varlen batches fall back to `tile` with the same tiles. On the H100 it
-    was slower than `tile` (best 0.166 ms fwd) and gave wrong results at BD = 64 with 4 or 8
-    warps (relative error ~0.4 against `tile`): a race in the hand-off, not yet found."""
-    return {"variant": "tile", "R": 8, "W": 32, "BT": 64, "BD": 32, "num_warps": 4}
-
-
 # ---- lowering ---------------------------------------------------------------------------
+
+VARIANTS = ("tile", "chunks", "lookback")
+
 
 def lower_scan(rec: ir.Recurrence, *, prefetch: bool = True, loop_stages: int | None = None,
                tiles: dict | None = None) -> Lowered:
@@ -564,27 +545,36 @@ def lower_scan(rec: ir.Recurrence, *, prefetch: bool = True, loop_stages: int | 
     `prefetch` (tile kernels) loads the next block's tiles before scanning the current one
     (register double-buffering); `loop_stages` asks Triton's pipeliner for that many stages on
     the block loop (`tl.range(..., num_stages=...)`; tile kernels only: the chunks kernels'
-    unrolled loads would all be buffered in shared memory); `tiles` overrides `scan_tiles()`."""
+    unrolled loads would all be buffered in shared memory).
+
+    Tiles: the generated host code asks the solver (`recc.tiles.launch_tiles`, family `scan`:
+    BT, BD, num_warps of the `tile` kernels, templates/scan.constraints) at each call shape;
+    `tiles` overrides it (rendered into `_SCAN_TILES`, which a test or benchmark may also
+    update): `variant` ("tile", "chunks" or "lookback", see the module docstring), BT, BD,
+    num_warps; for `chunks`, R steps per chunk and W chunks per block (default: W fills the
+    warps, `fill`, and R = BT // W)."""
     form = scan_form(rec)
-    tiles = {**scan_tiles(), **(tiles or {})}
-    ctx = _Context(rec, form, prefetch, loop_stages, tiles)
+    overrides = dict(tiles or {})
+    ctx = _Context(rec, form, prefetch, loop_stages, overrides)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True)
     source = env.get_template("scan.py.jinja").render(**ctx.values())
     kinds = ", ".join(f"{'linear' if isinstance(g, LinearGroup) else g.monoid.name}({', '.join(g.states)})"
                       for g in form.groups)
-    if tiles["variant"] == "chunks":
-        block = (f"blocks of W={tiles['W']} chunks x R={tiles['R']} steps (sequential in a thread, "
-                 f"parallel scan across chunks)")
-    elif tiles["variant"] == "lookback":
-        block = (f"a tl.associative_scan over blocks of BT={tiles['BT']} steps, a program per block "
-                 f"(carry passed between programs; varlen: blocks walked in one program)")
+    variant = overrides.get("variant", "tile")
+    if variant == "chunks":
+        block = "blocks of W chunks x R steps (sequential in a thread, parallel scan across chunks)"
+    elif variant == "lookback":
+        block = ("a tl.associative_scan over blocks of BT steps, a program per block "
+                 "(carry passed between programs; varlen: blocks walked in one program)")
     else:
-        block = f"a tl.associative_scan over blocks of BT={tiles['BT']} steps"
-    why = (f"elementwise states over [{form.dim}] ({kinds}): {block}, carry across blocks; "
-           f"BD={tiles['BD']} channels per program, num_warps={tiles['num_warps']}")
-    return Lowered("scan", source, why, dict(tiles, prefetch=prefetch, loop_stages=loop_stages))
+        block = "a tl.associative_scan over blocks of BT steps"
+    example = described(reference_tiles(rec, "scan"))
+    why = (f"elementwise states over [{form.dim}] ({kinds}): {block}, carry across blocks; BD channels per "
+           f"program; BT, BD, num_warps from the solver per call (H100, main shape: {example})")
+    return Lowered("scan", source, why, {"chosen": "per call (recc.tiles)", **overrides,
+                                         "prefetch": prefetch, "loop_stages": loop_stages})
 
 
 class _Context:
@@ -661,7 +651,8 @@ class _Context:
         return dict(
             fwd_args=fwd_args, bwd_args=bwd_args, scalar_args=scalar_args,
             name=self.name, inf=self.inf, uses_inf=uses_inf,
-            dim=repr(form.dim), tiles=self.tiles, prefetch=self.prefetch,
+            dim=repr(form.dim), tiles=literal(self.tiles, {"variant": VARIANTS}), prefetch=self.prefetch,
+            launch_shape=literal(launch_shape(rec, "scan")[1]), spec_key=spec_key(rec),
             loop_header=(f"tl.range(0, nblk, num_stages={int(self.loop_stages)})" if self.loop_stages
                          else "range(0, nblk)"),
             inputs=self.inputs, params=self.params, outputs=self.outputs, states=self.states,

@@ -2,6 +2,7 @@
 
     solve(problem) -> Solution
     feasible_points(problem, limit=None) -> list[Solution]
+    split_points(problem, terms, limit=1) -> list[Solution]   an objective summed over terms, part by part
 
 A :class:`Problem` has integer variables with finite domains, labelled
 constraints and an objective to minimise: an :class:`Expr` (integer, Python
@@ -46,6 +47,7 @@ from .model import (
     powers_of_two,
 )
 from .search import Infeasible, Move, Solution, feasible_points, solve
+from .split import Term, split_points, sum_of
 from .text import ConstraintSyntaxError, format_problem, parse_problem
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "PowerOfTwo",
     "Problem",
     "Solution",
+    "Term",
     "Var",
     "all_of",
     "any_of",
@@ -85,4 +88,6 @@ __all__ = [
     "power_of_two",
     "powers_of_two",
     "solve",
+    "split_points",
+    "sum_of",
 ]

@@ -78,14 +78,21 @@ def _parser() -> Lark:
 def parse_problem(text: str, consts: Mapping[str, int] | None = None) -> Problem:
     """Parse the text form; ``consts`` supplies named constants the text may
     use without declaring (declaring one of them again is an error)."""
-    try:
-        tree = _parser().parse(text)
-    except UnexpectedInput as error:
-        raise _syntax_error(text, error) from None
+    tree = _tree(text)
     try:
         return _Builder(text, consts or {}).problem(tree)
     except RecursionError:
         raise ConstraintSyntaxError(1, 1, "expression nested too deeply") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _tree(text: str) -> Tree:
+    """The parse tree of `text` (cached: a family's constraints are parsed once per process and
+    built into a problem per set of constants; the builder only reads the tree)."""
+    try:
+        return _parser().parse(text)
+    except UnexpectedInput as error:
+        raise _syntax_error(text, error) from None
 
 
 def _syntax_error(text: str, error: UnexpectedInput) -> ConstraintSyntaxError:
