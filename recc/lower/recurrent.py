@@ -497,16 +497,21 @@ class RecurrentKernels:
         if body:
             body.insert(0, "tok_next = tl.maximum(tok - 1, bos + t0)")
         loop.emit(roots, body, "y")
+        body += self.step_gradient_lines(loop.names, param_acc, "tok")
+        return before, body + rotate
+
+    def step_gradient_lines(self, names: dict, param_acc: dict, tok: str) -> list:
+        """After one step's adjoint: param gradients added to their accumulators, input gradients
+        stored at `tok`, and the state cotangents passed to the step before."""
+        lines = []
         for leaf_index, grad in self.d_leaves.items():
             leaf = self.graph.nodes[leaf_index]
             if leaf.op == "param":
                 acc = param_acc[leaf_index]
-                body.append(f"{acc} = {acc} + {loop.names[grad.index]}")
+                lines.append(f"{acc} = {acc} + {names[grad.index]}")
             else:
-                body.append(self.input_grad_store(leaf, loop.names[grad.index]))
-        for s in self.state_leaves:
-            body.append(f"b_d{s} = {loop.names[self.d_prev[s].index]}")
-        return before, body + rotate
+                lines.append(self.input_grad_store(leaf, names[grad.index], tok))
+        return lines + [f"b_d{s} = {names[self.d_prev[s].index]}" for s in self.state_leaves]
 
     def adjoint_subchunk_lines(self, em: Emitter, roots, param_acc: dict) -> list:
         """The reverse walk in sub-chunks of R steps (R = REG_STEPS): a sub-chunk's
@@ -551,14 +556,7 @@ class RecurrentKernels:
             block = []
             em_i = Emitter(namer, self.tiles, self.tile_axes, {**em.names, **names[i], **shared[i]})
             em_i.emit(roots, block, "y")
-            for leaf_index, grad in self.d_leaves.items():
-                leaf = self.graph.nodes[leaf_index]
-                if leaf.op == "param":
-                    acc = param_acc[leaf_index]
-                    block.append(f"{acc} = {acc} + {em_i.names[grad.index]}")
-                else:
-                    block.append(self.input_grad_store(leaf, em_i.names[grad.index], f"tok_{i}"))
-            block += [f"b_d{s_name} = {em_i.names[self.d_prev[s_name].index]}" for s_name in self.state_leaves]
+            block += self.step_gradient_lines(em_i.names, param_acc, f"tok_{i}")
             if i == 0:
                 body += [f"# step s + {i}"] + block
             else:
