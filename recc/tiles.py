@@ -402,11 +402,12 @@ def cell_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
 
 def scan_consts(d: dict, s: dict, hw: Hardware) -> dict:
     return {"D": d["D"], "DP": max(16, _pow2(d["D"])), "TP": max(16, _pow2(d["T"])), "ELEMS": s["elements"],
-            "LOADS": s["loads"], "BLOADS": s["loads"] + s["states"] + s["outputs"], **_limits(hw)}
+            "LOADS": s["loads"], "BLOADS": s["loads"] + s["states"] + s["outputs"], "GPU": int(not hw.interpreter),
+            **_limits(hw)}
 
 
 def scan_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
-    """Forward and backward with the same tiles; per block of BT steps and program (sequence,
+    """Forward (BT, BD, num_warps) and backward (BT_bwd, BD_bwd, num_warps_bwd); per block of BT steps and program (sequence,
     head, BD channels), as `_kernel` iterations: [BT, BD] fp32 tiles loaded (the next block's
     before this one is scanned) and stored (rows narrower than a cache line cost a line), a
     work-efficient scan over ELEMS tiles (~2 * OPS['scan'] lane-ops per element: the threads'
@@ -416,8 +417,8 @@ def scan_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
     Registers: the prefetched inputs and the scan elements, as the constraints count them
     (close to what ptxas reports for first_order on sm_90)."""
 
-    def walk(a, loads, stores):
-        BT, BD, warps = a["BT"], a["BD"], a["num_warps"]
+    def walk(a, loads, stores, suffix=""):
+        BT, BD, warps = a["BT" + suffix], a["BD" + suffix], a["num_warps" + suffix]
         levels = max(1, int(math.log2(BT)))
         row = _row_bytes(min(BD, d["D"]), 4)
         loop = (0, loads * BT * row, stores * BT * row, 0, c["ELEMS"] * BT * BD * OPS["scan"] * 2)
@@ -426,9 +427,8 @@ def scan_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                        iters=-(-d["T"] // BT), loop=loop,
                        serial=levels * LEVEL_CYCLES + math.log2(warps) * SYNC_CYCLES)
 
-    tiles = ("BT", "BD", "num_warps")
-    return [("forward", tiles, lambda a: walk(a, c["LOADS"], s["outputs"])),
-            ("backward", tiles, lambda a: walk(a, c["BLOADS"], c["LOADS"]))]
+    return [("forward", ("BT", "BD", "num_warps"), lambda a: walk(a, c["LOADS"], s["outputs"])),
+            ("backward", ("BT_bwd", "BD_bwd", "num_warps_bwd"), lambda a: walk(a, c["BLOADS"], c["LOADS"], "_bwd"))]
 
 
 # chunked -----------------------------------------------------------------------------------

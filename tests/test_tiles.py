@@ -12,6 +12,7 @@ import pytest
 from recc.check import load
 from recc.cli import main
 from recc.hardware import H100 as H100_PRESET
+from recc.hardware import H200
 from recc.hardware import INTERPRETER, Hardware, from_properties, hardware
 from recc.solver import parse_problem
 from recc.solver import sum_of
@@ -107,7 +108,8 @@ def test_the_interpreter_model_picks_the_smallest_legal_tiles():
     chunked = choose_tiles("chunked", GLA, INTERPRETER).assignment
     assert (chunked["BT"], chunked["BKS"], chunked["h_BV"], chunked["o_warps"], chunked["dqk_stages"]) == (16, 16, 16, 1, 1)
     assert choose_tiles("chunked", GLA, INTERPRETER, substeps=2).assignment["BT"] == 32   # 16 substeps per dot side
-    assert choose_tiles("scan", {"D": 64}, INTERPRETER).assignment == {"BT": 16, "BD": 16, "num_warps": 1}
+    assert choose_tiles("scan", {"D": 64}, INTERPRETER).assignment == {"BT": 16, "BD": 16, "num_warps": 1,
+                                                                       "BT_bwd": 16, "BD_bwd": 16, "num_warps_bwd": 1}
     assert choose_tiles("cell", {"D": 32}, INTERPRETER).assignment["BB"] == 16
     # a CPU test's shape: the tiles cover the small dims, nothing larger
     small = choose_tiles("recurrent", {"K": 8, "V": 12, "T": 20, "B": 2, "H": 2}, INTERPRETER).assignment
@@ -144,9 +146,19 @@ def main_shape(spec: str, family: str, **dims) -> tuple:
 
 def test_h100_scan_first_order():
     """bench.py --ops scan --sweep (B=4 T=4096 H=16 D=128 fp32): the tile kernel, 64 x 32, 4 warps
-    (*-scan-tile-sweep.json: within 1% of the fastest of 31 points)."""
+    forward and backward (*-scan-tile-sweep.json: within 1% of the fastest of 31 points forward,
+    3.5% backward)."""
     dims, shape = main_shape("first_order", "scan")
-    assert choose_tiles("scan", dims, H100_PRESET, **shape).assignment == {"BT": 64, "BD": 32, "num_warps": 4}
+    assert choose_tiles("scan", dims, H100_PRESET, **shape).assignment == {
+        "BT": 64, "BD": 32, "num_warps": 4, "BT_bwd": 64, "BD_bwd": 32, "num_warps_bwd": 4}
+
+
+def test_h200_scan_first_order():
+    """bench.py --sweep --T 4096 on an H200 (2026-12-03-h200-scan-tile-sweep.json): the fastest
+    forward is 128 x 32, 4 warps (0.107 ms), the fastest backward 64 x 32, 4 warps (0.175 ms)."""
+    dims, shape = main_shape("first_order", "scan")
+    assert choose_tiles("scan", dims, H200, **shape).assignment == {
+        "BT": 128, "BD": 32, "num_warps": 4, "BT_bwd": 64, "BD_bwd": 32, "num_warps_bwd": 4}
 
 
 def test_h100_recurrent_gla():
@@ -250,7 +262,7 @@ def test_explain_names_the_point_the_estimate_and_the_binding_constraints():
     rec = choose_tiles("recurrent", GLA, INTERPRETER).explain()
     assert "interpreter model: smallest legal tiles" in rec and "8 >= 16 fails" in rec
     scan = choose_tiles("scan", {"D": 128}, H100).explain()
-    assert scan.startswith("scan: BT=64, BD=32, num_warps=4   (estimated")
+    assert scan.startswith("scan: BT=64, BD=32, num_warps=4, BT_bwd=64, BD_bwd=32, num_warps_bwd=4   (estimated")
 
 
 def test_bad_arguments_are_errors():
@@ -287,7 +299,7 @@ def test_the_variables_are_the_launch_parameters_of_the_host_code(family):
         {"B": 4, "T": 4096, "H": 16, "K": 128, "V": 128, "D": 128, "RB": 2}, FAMILIES[family].shape, H100)).variables}
     expected = {"recurrent": {"BV", "BV_bwd", "CHUNK", "num_warps", "num_warps_bwd"},
                 "cell": {"BB", "num_warps", "RESIDENT"},
-                "scan": {"BT", "BD", "num_warps"},
+                "scan": {"BT", "BD", "num_warps", "BT_bwd", "BD_bwd", "num_warps_bwd"},
                 "chunked": {"BT", "BC", "BKS"} | {f"{k}_{p}" for k in ("wy", "h", "o", "dv", "dh", "dqk", "wyb")
                                                   for p in ("BV", "warps", "stages")}}
     assert names == expected[family]
@@ -424,7 +436,7 @@ def test_the_scan_host_code_launches_the_solvers_tiles(tmp_path, monkeypatch):
     assert (family, dims, device, key) == ("scan", {"B": 2, "T": 64, "H": 2, "D": 20}, "cpu", spec_key(rec))
     assert shape == launch_shape(rec, "scan")[1] == families_of(rec)["scan"][1]
     call = __import__("recc.signature", fromlist=["bind"]).bind(rec, tuple(args), {})
-    _, _, block, bd, nw = module._scan_tiles(call)
+    _, _, block, bd, nw = module._scan_tiles(call)[:5]
     chosen = choose_tiles("scan", dims, INTERPRETER, **shape).assignment
     assert (block, bd, nw) == ({"BT": chosen["BT"], "BD": chosen["BD"]}, chosen["BD"], chosen["num_warps"])
     # another choice reaches the kernels (two channel tiles, blocks of 32), and an override wins over it
