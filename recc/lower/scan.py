@@ -15,11 +15,13 @@ Layout: inputs [B, T, H, D] (D contiguous). A program owns (sequence, head, BD
 channels) and walks its sequence ([bos, eos) of `cu_seqlens`, or row b) in
 blocks, carrying the state from block to block. Three kernel families are
 generated; the `tile` kernels run unless `_SCAN_TILES["variant"]` in the generated
-module (or `lower_scan(tiles=...)`) names another. Their launch parameters (BT,
-BD, num_warps) come from the solver at each call shape (`recc.tiles`, family
-`scan`): on an H100 at B=4 T=4096 H=16 D=128 fp32, BT=64 BD=32 4 warps, the
-fastest of 30 configs measured (`benchmarks/bench.py --ops scan --sweep`: fwd
-0.149 ms, bwd 0.248 ms; accelerated-scan 0.141 / 0.372 fwd / fwd+bwd):
+module (or `lower_scan(tiles=...)`) names another. Their launch parameters come
+from the solver at each call shape (`recc.tiles`, family `scan`), the forward's
+(BT, BD, num_warps) and the backward's (BT_bwd, BD_bwd, num_warps_bwd) apart: at
+B=4 T=4096 H=16 D=128 fp32 on an H200, forward 128 x 32 and backward 64 x 32, 4
+warps each, the fastest forward and the fastest backward of 31 configs measured
+(`benchmarks/bench.py --ops scan --sweep`: 0.107 / 0.175 ms; accelerated-scan
+0.102 / 0.279 fwd / fwd+bwd; on an H100 64 x 32 both ways):
 
 * `chunks`: a block is W chunks of R consecutive steps; a thread owns
   one chunk (of 16-byte vectors of channels) and steps through it sequentially.
@@ -30,12 +32,16 @@ fastest of 30 configs measured (`benchmarks/bench.py --ops scan --sweep`: fwd
   pass 1; no shuffles per step; few registers.
 * `tile` (default): one `tl.associative_scan` over axis 0 of a [BT, BD] tile per block
   (the next block's tiles loaded before scanning the current one).
-* `lookback` (experimental, not used by default: on an H100 it gave wrong results at
-  BD = 64 with 4 and 8 warps, a race in the carry hand-off not yet found; it was also
-  slower than `tile`): the `tile` block with time split over the grid: a program per
-  (block, sequence, head, BD channels), ids taken from a counter at start (so a block's
-  predecessor is resident); the carry goes from program to program as a 64-bit word per
-  channel (flag << 32 | fp32 bits). Varlen batches use `tile`.
+* `lookback` (experimental, not used by default): the `tile` block with time split
+  over the grid: a program per (block, sequence, head, BD channels), ids taken from a
+  counter at start (so a block's predecessor is resident); the carry goes from program
+  to program as a 64-bit word per channel (flag << 32 | fp32 bits) and a ready word per
+  program (the consumer spins on that scalar alone). Correct on an H200 for every tile
+  swept (outputs and gradients on 4 fresh inputs each), but 1.4-3x slower than `tile`
+  there (`bench.py --sweep --sweep-set lookback`): a program's single tile leaves its
+  loads unpipelined. (The earlier hand-off, which spun on a reduction over the channels'
+  flags, gave wrong results at BD = 64 on an H100; this one has not, at BD 16 to 64.)
+  Varlen batches use `tile`.
 
 Backward: the adjoint of a scan is a reverse-time affine scan. With
 S_t = F(S_{t-1}, u_t), J_t = dF/dS_{t-1} at step t and g_t the cotangent the
