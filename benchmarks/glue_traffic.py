@@ -21,7 +21,9 @@ Prints, per spec, a table of the glue ops by phase (forward / backward) and by t
 the generated module that issued them (`--detail`: one row per aten op), with count, MB and
 microseconds at `--bw` TB/s, then the glue total against the kernels' own traffic (each
 kernel's tensor arguments once: a lower bound; kernels reread some of them). The tile
-choice is the H100 model's (`recc.tiles`, preset h100), as on the GPU.
+choice is the H100 model's (`recc.tiles`, preset h100), as on the GPU. `--host-time N`
+also times the op's forward+backward on CPU tensors of a small shape (B=1, T=64, H=2, K=V=16),
+kernels stubbed: the host's Python and aten dispatch per call, kernel launches excluded.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import json
 import linecache
 import os
 import sys
+import time
 import traceback
 from collections import defaultdict
 from pathlib import Path
@@ -149,7 +152,9 @@ def dealias_meta(results: list, inputs: tuple) -> list:
     return out
 
 
-def measure(spec: str, strategy: str, B: int, T: int, H: int, dims: dict, dtype: torch.dtype):
+def measure(spec: str, strategy: str, B: int, T: int, H: int, dims: dict, dtype: torch.dtype,
+            host_reps: int = 0, host_shape: tuple = (1, 64, 2, 16)):
+    """(recorded glue ops, kernel launches, host us per forward+backward or None)."""
     path = ROOT / "specs" / f"{spec}.rec"
     rec = recc.load_spec(path)
     op = recc.load(path, strategy=strategy)
@@ -160,24 +165,42 @@ def measure(spec: str, strategy: str, B: int, T: int, H: int, dims: dict, dtype:
         if name.endswith("_kernel") and hasattr(getattr(module, name), "__getitem__"):
             setattr(module, name, KernelStub(name, kernels, recorder))
     module._kernels_available = lambda device: True
+    module._eager = lambda tensors: True   # the eager path, as outside a dispatch mode
     module._dealias = dealias_meta
-    if hasattr(module, "_launch_tiles"):  # the GPU's choice, not the meta device's
+    if hasattr(module, "_launch_tiles") and not hasattr(module, "_glue_traffic"):  # the GPU's choice
         real = module._launch_tiles
         module._launch_tiles = lambda family, d, device, key, **kw: real(family, d, "h100", key, **kw)
-    sizes = {**rec.fixed_dims, **dims}
-    args = [torch.empty(full_shape(rec, (B, T, H), d, sizes), device="meta", dtype=dtype).requires_grad_()
-            for d in rec.inputs]
-    args += [torch.empty(full_shape(rec, (H,), d, sizes), device="meta", dtype=dtype).requires_grad_()
-             for d in rec.params]
+    module._glue_traffic = True
+
+    def step_on(device, B, T, H, dims):
+        sizes = {**rec.fixed_dims, **dims}
+        make = torch.empty if device == "meta" else torch.randn
+        args = [make(full_shape(rec, (B, T, H), d, sizes), device=device, dtype=dtype).requires_grad_()
+                for d in rec.inputs]
+        args += [make(full_shape(rec, (H,), d, sizes), device=device, dtype=dtype).requires_grad_()
+                 for d in rec.params]
+
+        def step():
+            recorder.phase = "forward"
+            out = op(*args)[0]
+            out = out[0] if isinstance(out, tuple) else out
+            recorder.phase = "backward"
+            torch.autograd.backward(out, torch.empty_like(out))
+        return step
+
     with recorder:
-        module._eager = lambda tensors: True   # the eager path, as outside a dispatch mode
-        out = op(*args)[0]
-        out = out[0] if isinstance(out, tuple) else out
-        recorder.phase = "backward"
-        dy = torch.empty_like(out)
-        recorder.rows = [r for r in recorder.rows]
-        torch.autograd.backward(out, dy)
-    return recorder.rows, kernels
+        step_on("meta", B, T, H, dims)()
+    host_us = None
+    if host_reps:  # real CPU tensors at a small shape: aten ops cost what they cost on the host
+        b, t, h, d = host_shape
+        step = step_on("cpu", b, t, h, {k: d for k in dims})
+        for _ in range(10):
+            step()
+        begin = time.perf_counter()
+        for _ in range(host_reps):
+            step()
+        host_us = (time.perf_counter() - begin) / host_reps * 1e6
+    return recorder.rows, kernels, host_us
 
 
 def summarise(spec, rows, kernels, bw, detail):
@@ -221,19 +244,25 @@ def main():
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     p.add_argument("--bw", type=float, default=3.0, help="memory bandwidth in TB/s for the us column")
     p.add_argument("--detail", action="store_true", help="one row per (line, aten op)")
+    p.add_argument("--host-time", type=int, default=0, metavar="N",
+                   help="also time N forward+backward calls on small CPU tensors (kernels stubbed): the host's "
+                        "Python and dispatch time per call, without kernel launches")
     p.add_argument("--json", help="write the totals here")
     a = p.parse_args()
+    torch.set_num_threads(1)
     results = []
     for spec in a.specs.split(","):
-        rows, kernels = measure(spec, a.strategy, a.B, a.T, a.H, {"K": a.K, "V": a.V}, DTYPES[a.dtype])
-        results.append(summarise(spec, rows, kernels, a.bw, a.detail))
+        rows, kernels, host_us = measure(spec, a.strategy, a.B, a.T, a.H, {"K": a.K, "V": a.V}, DTYPES[a.dtype],
+                                         a.host_time)
+        results.append(summarise(spec, rows, kernels, a.bw, a.detail) | {"host_us": host_us})
     print(f"\nsummary (B={a.B} T={a.T} H={a.H} K={a.K} V={a.V} {a.dtype}, {a.bw} TB/s): glue MB / us")
-    print(f"  {'spec':18s} {'forward':>18s} {'fwd+bwd':>18s} {'ops fwd/bwd':>12s}")
+    print(f"  {'spec':18s} {'forward':>18s} {'fwd+bwd':>18s} {'ops fwd/bwd':>12s}"
+          + (f" {'host us/call':>13s}" if a.host_time else ""))
     for r in results:
         f, b = r["forward"], r["backward"]
         print(f"  {r['spec']:18s} {f['glue_MB']:9.1f} {f['glue_us']:7.1f}us "
               f"{f['glue_MB'] + b['glue_MB']:9.1f} {f['glue_us'] + b['glue_us']:7.1f}us "
-              f"{f['glue_ops']:5d}/{b['glue_ops']:<5d}")
+              f"{f['glue_ops']:5d}/{b['glue_ops']:<5d}" + (f" {r['host_us']:13.0f}" if a.host_time else ""))
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
 
