@@ -46,6 +46,7 @@ for p in (ROOT, ROOT / "tests"):
         sys.path.insert(0, str(p))
 
 import recc  # noqa: E402
+from recc.tiles import launch_shape  # noqa: E402
 from oracle import full_shape  # noqa: E402
 
 SPECS = ("delta_net", "gated_delta_net", "delta_product", "gla", "simple_gla", "mlstm")
@@ -155,7 +156,7 @@ def dealias_meta(results: list, inputs: tuple) -> list:
 def measure(spec: str, strategy: str, B: int, T: int, H: int, dims: dict, dtype: torch.dtype,
             host_reps: int = 0, host_shape: tuple = (1, 64, 2, 16)):
     """(recorded glue ops, kernel launches, host us per forward+backward or None)."""
-    path = ROOT / "specs" / f"{spec}.rec"
+    path = Path(spec) if spec.endswith(".rec") else ROOT / "specs" / f"{spec}.rec"
     rec = recc.load_spec(path)
     op = recc.load(path, strategy=strategy)
     module = op.module
@@ -171,6 +172,10 @@ def measure(spec: str, strategy: str, B: int, T: int, H: int, dims: dict, dtype:
         real = module._launch_tiles
         module._launch_tiles = lambda family, d, device, key, **kw: real(family, d, "h100", key, **kw)
     module._glue_traffic = True
+
+    # the family's K, V are the spec's dims of those names (mamba2: N, P); other free dims get K
+    named = {v: dims[k] for k, v in launch_shape(rec, strategy)[0].items() if k in dims and isinstance(v, str)}
+    dims = {d: named.get(d, dims.get(d, dims["K"])) for d in rec.free_dims}
 
     def step_on(device, B, T, H, dims):
         sizes = {**rec.fixed_dims, **dims}
@@ -190,6 +195,7 @@ def measure(spec: str, strategy: str, B: int, T: int, H: int, dims: dict, dtype:
 
     with recorder:
         step_on("meta", B, T, H, dims)()
+    kernels = list(kernels)  # the main shape's launches
     host_us = None
     if host_reps:  # real CPU tensors at a small shape: aten ops cost what they cost on the host
         b, t, h, d = host_shape
@@ -234,7 +240,7 @@ def summarise(spec, rows, kernels, bw, detail):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--specs", default=",".join(SPECS))
+    p.add_argument("--specs", default=",".join(SPECS), help="names under specs/, or paths to .rec files")
     p.add_argument("--strategy", default="chunked")
     p.add_argument("--B", type=int, default=4)
     p.add_argument("--T", type=int, default=4096)

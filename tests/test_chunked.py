@@ -46,6 +46,18 @@ recurrence delta_custom
   S = sigmoid(a) * householder(l2norm(k), beta) @ S + outer(l2norm(k), v)
   output o[V] = S^T @ q
 """,
+    "product_custom": """
+recurrence product_custom
+  dims   K, V, n = 2
+  input  q[K], k[n, K]: unit, v[n, V]
+  input  g: log_gate
+  input  beta[n]: range(0, 2)
+  state  S[K, V]
+  S = exp(g) * S
+  S = householder(k[0], beta[0]) @ S + beta[0] * outer(k[0], v[0])
+  S = householder(l2norm(k[1]), beta[1]) @ S + outer(l2norm(k[1]), v[1])
+  output o[V] = S^T @ q
+""",
 }
 FAMILY = ["simple_gla", "retnet", "mamba2", "gla", "mlstm", "delta_net", "gated_delta_net", "delta_product"]
 TILES = {"BT": 16, "BC": 8, "BKS": 8, "BV": 8}  # every loop and split runs at least twice

@@ -491,7 +491,8 @@ _TORCH_BINARY = {"max": "torch.maximum({}, {})", "min": "torch.minimum({}, {})"}
 class _PerStep:
     """Emit the per-step expressions of a ChunkedForm as the body of a PyTorch function
     `_per_step(x, p, c, d)`: x inputs [B, T, H, ...], p params [H, ...], c consts, d dims.
-    Values are computed in float32; a lone input reference is passed through as is.
+    Values are computed in float32; a lone input reference (or x[j] of one) is passed through
+    as is (a view).
     Common subexpressions are computed once."""
 
     def __init__(self):
@@ -501,7 +502,15 @@ class _PerStep:
     def value(self, e: ir.Expr) -> str:
         if isinstance(e, ir.Ref) and e.kind == "input":
             return f'x["{e.name}"]'
+        if self._input_part(e):  # a view of an input, in its type
+            return f'x["{e.base.name}"].select({-len(e.base.shape)}, {int(e.index.value)})'
         return self._fp32(e)
+
+    @staticmethod
+    def _input_part(e: ir.Expr) -> bool:
+        """e is x[j] of an input x (j a number)."""
+        return (isinstance(e, ir.Index) and isinstance(e.index, ir.Num) and isinstance(e.base, ir.Ref)
+                and e.base.kind == "input")
 
     def _fp32(self, e: ir.Expr) -> str:
         if e in self.memo:
@@ -546,6 +555,8 @@ class _PerStep:
         if isinstance(e, ir.Index):
             if not isinstance(e.index, ir.Num):
                 raise NotChunked("a non-constant index in a per-step value")
+            if self._input_part(e):  # only the part in fp32
+                return f'x["{e.base.name}"].select({-len(e.base.shape)}, {int(e.index.value)}).float()'
             return f"{self._fp32(e.base)}.select({-len(e.base.shape)}, {int(e.index.value)})"
         if isinstance(e, ir.Call):
             args = [self._fp32(a) for a in e.args]
@@ -646,8 +657,8 @@ def _roles(form: ChunkedForm, dims: dict):
                 parts.append(f"torch.ones({shape1}, device=vals['q'].device)")
             else:
                 values[f"{role}{j}"] = e
-                parts.append(f'_vec(vals["{role}{j}"], {shape1}{dtype})')
-        lines.append(f'r["{role}"] = torch.stack([{", ".join(parts)}], {axis})')
+                parts.append(f'_as(vals["{role}{j}"], {shape1}{dtype})')
+        lines.append(f'r["{role}"] = torch.stack([{", ".join(parts)}], {axis})  # one copy')
 
     subs = form.substeps
     stacked("k", [s.key for s in subs], "K", True)
