@@ -716,7 +716,10 @@ def lower_chunked(rec: ir.Recurrence, tiles: dict | None = None) -> Lowered:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     ctx = dict(name=rec.name, decay=form.decay, hh=form.householder, coeff=form.coeff,
-               norm=form.normaliser is not None, normaliser=form.normaliser, extra=form.extra is not None, ns=len(form.substeps),
+               norm=form.normaliser is not None, normaliser=form.normaliser, ns=len(form.substeps),
+               extra=form.extra is not None,
+               # one kernel stores the scalars' gradients whole (chunk_bwd_wy; the per-key dqk)
+               scalar_grads_whole=form.householder or form.decay == "key",
                state=form.state, output=form.output, kdim=form.K, vdim=form.V, tiles=literal(overrides),
                launch_shape=literal(_launch_shape(rec, form)), spec_key=spec_key(rec),
                per_step=per_step, layout=layout_src)
