@@ -17,7 +17,8 @@ recorded by a TorchDispatchMode with the bytes it moves:
 * an in-place op (`add_`) reads and writes its first argument; `copy_`/`zero_`/`fill_`
   only write it.
 
-Prints, per spec, a table of the glue ops by phase (forward / backward) and by the line of
+Prints, per spec, a table of the glue ops by phase (forward and backward with gradients; the
+forward under torch.no_grad, as benchmarks time it: `inference`) and by the line of
 the generated module that issued them (`--detail`: one row per aten op), with count, MB and
 microseconds at `--bw` TB/s, then the glue total against the kernels' own traffic (each
 kernel's tensor arguments once: a lower bound; kernels reread some of them). The tile
@@ -177,13 +178,15 @@ def measure(spec: str, strategy: str, B: int, T: int, H: int, dims: dict, dtype:
     named = {v: dims[k] for k, v in launch_shape(rec, strategy)[0].items() if k in dims and isinstance(v, str)}
     dims = {d: named.get(d, dims.get(d, dims["K"])) for d in rec.free_dims}
 
-    def step_on(device, B, T, H, dims):
+    def step_on(device, B, T, H, dims, grad=True):
         sizes = {**rec.fixed_dims, **dims}
         make = torch.empty if device == "meta" else torch.randn
-        args = [make(full_shape(rec, (B, T, H), d, sizes), device=device, dtype=dtype).requires_grad_()
+        args = [make(full_shape(rec, (B, T, H), d, sizes), device=device, dtype=dtype).requires_grad_(grad)
                 for d in rec.inputs]
-        args += [make(full_shape(rec, (H,), d, sizes), device=device, dtype=dtype).requires_grad_()
+        args += [make(full_shape(rec, (H,), d, sizes), device=device, dtype=dtype).requires_grad_(grad)
                  for d in rec.params]
+        if not grad:
+            return lambda: op(*args)
 
         def step():
             recorder.phase = "forward"
@@ -195,6 +198,10 @@ def measure(spec: str, strategy: str, B: int, T: int, H: int, dims: dict, dtype:
 
     with recorder:
         step_on("meta", B, T, H, dims)()
+        infer = step_on("meta", B, T, H, dims, grad=False)
+        recorder.phase = "inference"
+        with torch.no_grad():
+            infer()
     kernels = list(kernels)  # the main shape's launches
     host_us = None
     if host_reps:  # real CPU tensors at a small shape: aten ops cost what they cost on the host
@@ -214,7 +221,7 @@ def summarise(spec, rows, kernels, bw, detail):
     us = lambda b: b / (bw * 1e12) * 1e6
     print(f"\n== {spec}")
     result = {"spec": spec}
-    for phase in ("forward", "backward"):
+    for phase in ("forward", "backward", "inference"):
         groups = defaultdict(lambda: [0, 0])
         for ph, where, name, moved in rows:
             if ph != phase:
@@ -260,14 +267,16 @@ def main():
     for spec in a.specs.split(","):
         rows, kernels, host_us = measure(spec, a.strategy, a.B, a.T, a.H, {"K": a.K, "V": a.V}, DTYPES[a.dtype],
                                          a.host_time)
-        results.append(summarise(spec, rows, kernels, a.bw, a.detail) | {"host_us": host_us})
+        label = Path(spec).stem if spec.endswith(".rec") else spec
+        results.append(summarise(label, rows, kernels, a.bw, a.detail) | {"host_us": host_us})
     print(f"\nsummary (B={a.B} T={a.T} H={a.H} K={a.K} V={a.V} {a.dtype}, {a.bw} TB/s): glue MB / us")
-    print(f"  {'spec':18s} {'forward':>18s} {'fwd+bwd':>18s} {'ops fwd/bwd':>12s}"
+    print(f"  {'spec':18s} {'forward':>18s} {'fwd+bwd':>18s} {'no_grad fwd':>18s} {'ops fwd/bwd':>12s}"
           + (f" {'host us/call':>13s}" if a.host_time else ""))
     for r in results:
-        f, b = r["forward"], r["backward"]
+        f, b, i = r["forward"], r["backward"], r["inference"]
         print(f"  {r['spec']:18s} {f['glue_MB']:9.1f} {f['glue_us']:7.1f}us "
               f"{f['glue_MB'] + b['glue_MB']:9.1f} {f['glue_us'] + b['glue_us']:7.1f}us "
+              f"{i['glue_MB']:9.1f} {i['glue_us']:7.1f}us "
               f"{f['glue_ops']:5d}/{b['glue_ops']:<5d}" + (f" {r['host_us']:13.0f}" if a.host_time else ""))
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))

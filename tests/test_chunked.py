@@ -122,6 +122,7 @@ def oracle_check(compiled, spec, T, *, varlen=False, initial=True, dtype=torch.f
 
     call_kw = dict(kw, initial_state=pack(tuple(t.float() for t in init))) if initial else kw
     call = bind(rec, tuple(a.to(dtype) for a in args), call_kw)
+    call.requires_grad = True   # the op sets this when a backward will follow
     outputs, finals, saved = module._forward(call)
     out = rec.outputs[0].name
     got = {f"output {out}": (outputs[out], o_ref)}
