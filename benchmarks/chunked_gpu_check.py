@@ -102,6 +102,7 @@ def check(spec, rec, module, varlen: bool, tol=2e-2):
     ((o_ref * do).sum() + sum((s * d).sum() for s, d in zip(s_ref, ds))).backward()
 
     call = bind(rec, tuple(args), dict(kw, initial_state=pack(tuple(t.to(DEVICE) for t in init))))
+    call.requires_grad = True   # a backward follows (the op sets this)
     outputs, finals, saved = module._forward(call)
     out = rec.outputs[0].name
     d_in, d_par, d_init = module._backward(call, saved, {out: do.to(DEVICE, torch.bfloat16)},
@@ -132,6 +133,7 @@ def recc_fns(rec, module, args):
     def fwd_bwd():
         nonlocal do
         call = bind(rec, tuple(args), {})
+        call.requires_grad = True   # a backward follows (the op sets this)
         outputs, finals, saved = module._forward(call)
         if do is None:
             do = torch.randn_like(outputs[out])

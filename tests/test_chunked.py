@@ -46,6 +46,18 @@ recurrence delta_custom
   S = sigmoid(a) * householder(l2norm(k), beta) @ S + outer(l2norm(k), v)
   output o[V] = S^T @ q
 """,
+    "product_custom": """
+recurrence product_custom
+  dims   K, V, n = 2
+  input  q[K], k[n, K]: unit, v[n, V]
+  input  g: log_gate
+  input  beta[n]: range(0, 2)
+  state  S[K, V]
+  S = exp(g) * S
+  S = householder(k[0], beta[0]) @ S + beta[0] * outer(k[0], v[0])
+  S = householder(l2norm(k[1]), beta[1]) @ S + outer(l2norm(k[1]), v[1])
+  output o[V] = S^T @ q
+""",
 }
 FAMILY = ["simple_gla", "retnet", "mamba2", "gla", "mlstm", "delta_net", "gated_delta_net", "delta_product"]
 TILES = {"BT": 16, "BC": 8, "BKS": 8, "BV": 8}  # every loop and split runs at least twice
@@ -110,6 +122,7 @@ def oracle_check(compiled, spec, T, *, varlen=False, initial=True, dtype=torch.f
 
     call_kw = dict(kw, initial_state=pack(tuple(t.float() for t in init))) if initial else kw
     call = bind(rec, tuple(a.to(dtype) for a in args), call_kw)
+    call.requires_grad = True   # the op sets this when a backward will follow
     outputs, finals, saved = module._forward(call)
     out = rec.outputs[0].name
     got = {f"output {out}": (outputs[out], o_ref)}
@@ -182,7 +195,7 @@ def test_varlen(compiled, spec):
     oracle_check(compiled, spec, T=40, varlen=True)
 
 
-@pytest.mark.parametrize("spec", ["simple_gla", "gated_delta_net"])
+@pytest.mark.parametrize("spec", ["simple_gla", "gla", "mlstm", "delta_net", "gated_delta_net", "delta_product"])
 def test_bf16(compiled, spec):
     oracle_check(compiled, spec, T=40, dtype=torch.bfloat16, tol=2e-2)
 
@@ -204,3 +217,28 @@ def test_gla_strong_per_key_decays(compiled):
     strong = lambda shape, ann, gen: torch.nn.functional.logsigmoid(
         torch.randn(shape, generator=gen, dtype=torch.float64) * 3 - 3)
     oracle_check(compiled, "gla", T=40, sample={"g": strong})
+
+
+@pytest.mark.parametrize("spec", ["mlstm", "delta_product", "gla"])
+@pytest.mark.parametrize("path", ["eager", "custom op"])
+def test_the_op_and_its_autograd(spec, path, monkeypatch):
+    """Through the public op and torch.autograd (its wrapper saves what the backward reads, e.g.
+    mLSTM's output): outputs and the gradients of every input as the reference's."""
+    op = recc.load(f"specs/{spec}.rec", strategy="chunked", tiles=TILES)
+    if path == "custom op":
+        monkeypatch.setattr(op.module, "_eager", lambda tensors: False)
+    rec = op.module._REC
+    gen = torch.Generator().manual_seed(3)
+    dims = {d: D for d in rec.free_dims} | rec.fixed_dims
+    args = [sample_input((2, 40, 2) + tuple(dims.get(x, x) for x in d.shape), d.annotations, gen)
+            for d in rec.inputs]
+    leaves = [a.clone().requires_grad_() for a in args]
+    o_ref, _ = reference(rec, *leaves)
+    do = torch.randn(o_ref.shape, generator=gen, dtype=torch.float64)
+    (o_ref * do).sum().backward()
+    mine = [a.float().requires_grad_() for a in args]
+    o, _ = op(*mine)
+    (o * do.float()).sum().backward()
+    errors = {"o": rel_err(o, o_ref)} | {f"d{d.name}": rel_err(m.grad, l.grad)
+                                         for d, m, l in zip(rec.inputs, mine, leaves)}
+    assert max(errors.values()) < 1e-4, errors

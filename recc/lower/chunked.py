@@ -17,7 +17,12 @@ part that does not fit). Everything per step (log-decays, coefficients, betas, t
 query/key/value vectors, scalar factors of the query, state-free output terms) stays an
 IR expression, which `_PerStep` emits as PyTorch code (`_per_step` in the generated
 source); gradients w.r.t. inputs and params flow back through that code by
-torch.autograd, from the kernels' gradients w.r.t. the per-step tensors. The kernels are
+torch.autograd, from the kernels' gradients w.r.t. the per-step tensors. `_layout` (from
+`_roles`) hands the values to the kernels in their layouts and copies only what is not
+there already: an input is passed in place (DeltaProduct's k[n, K], v[n, V], beta[n] are
+the kernels' substep rows as they are), scalars and log-decays in their own type (the kernels
+load them as fp32, and store their gradients in it where one kernel writes them whole).
+The kernels are
 a fixed set of templates (`templates/chunked_*.jinja`) specialised on the facts
 
     decay: none | scalar | key        transition: plain | householder (n substeps)
@@ -29,7 +34,8 @@ Kernels (BT = chunk length in substeps, from the solver per call with every kern
 warps and pipeline stages: `recc.tiles`, templates/chunked.constraints; grids over chunks of all sequences,
 or over (sequence, head) for the passes; varlen through cu_seqlens tables):
 
-* `chunk_cumsum`: G = chunk-local cumulative sum of the log-decays (fp32).
+* `chunk_cumsum`: G = chunk-local cumulative sum of the log-decays (fp32, per substep; the
+  log-decays are per token: a decay only comes before a token's first substep).
 * householder, `chunk_wy_fwd`: per chunk, A = strictly_lower(diag(beta) K K^T * exp(G_i - G_j)),
   T = (I + A)^-1 by forward substitution inside 16-row diagonal blocks (one tl.dot per row,
   all blocks at once) and the blocks' coupling by the Neumann series of the block-nilpotent
@@ -54,7 +60,9 @@ the row just before the sub-chunk (q exp(G_i - G_ref), k exp(G_ref - G_j), both 
 diagonal block column by column with per-element exp(G_ik - G_jk). mLSTM's exp input gates
 use the max-state stabiliser: states kept as S exp(-m), row stabilisers m_i, the
 denominator max(|n.q|, floor exp(-m_i)); the backward passes dS exp(m) so that it too stays
-in range, and gives the gradients of the exact function (m is a constant of it).
+in range, and gives the gradients of the exact function (m is a constant of it). Its
+backward starts with `chunk_bwd_rows`: per row, scale / den and the denominator's gradient
+from do.o; the output o is saved by the op's autograd wrapper (`_SAVED_OUTPUTS`), not copied.
 
 Status (CPU interpreter, tests/test_chunked.py): outputs, final states and all gradients
 match the float64 reference (fp32 < 1e-4, bf16 < 2e-2) for simple_gla, retnet, mamba2,
@@ -483,7 +491,8 @@ _TORCH_BINARY = {"max": "torch.maximum({}, {})", "min": "torch.minimum({}, {})"}
 class _PerStep:
     """Emit the per-step expressions of a ChunkedForm as the body of a PyTorch function
     `_per_step(x, p, c, d)`: x inputs [B, T, H, ...], p params [H, ...], c consts, d dims.
-    Values are computed in float32; a lone input reference is passed through as is.
+    Values are computed in float32; a lone input reference (or x[j] of one) is passed through
+    as is (a view).
     Common subexpressions are computed once."""
 
     def __init__(self):
@@ -493,7 +502,15 @@ class _PerStep:
     def value(self, e: ir.Expr) -> str:
         if isinstance(e, ir.Ref) and e.kind == "input":
             return f'x["{e.name}"]'
+        if self._input_part(e):  # a view of an input, in its type
+            return f'x["{e.base.name}"].select({-len(e.base.shape)}, {int(e.index.value)})'
         return self._fp32(e)
+
+    @staticmethod
+    def _input_part(e: ir.Expr) -> bool:
+        """e is x[j] of an input x (j a number)."""
+        return (isinstance(e, ir.Index) and isinstance(e.index, ir.Num) and isinstance(e.base, ir.Ref)
+                and e.base.kind == "input")
 
     def _fp32(self, e: ir.Expr) -> str:
         if e in self.memo:
@@ -538,6 +555,8 @@ class _PerStep:
         if isinstance(e, ir.Index):
             if not isinstance(e.index, ir.Num):
                 raise NotChunked("a non-constant index in a per-step value")
+            if self._input_part(e):  # only the part in fp32
+                return f'x["{e.base.name}"].select({-len(e.base.shape)}, {int(e.index.value)}).float()'
             return f"{self._fp32(e.base)}.select({-len(e.base.shape)}, {int(e.index.value)})"
         if isinstance(e, ir.Call):
             args = [self._fp32(a) for a in e.args]
@@ -590,10 +609,11 @@ def _const_code(e: ir.Expr) -> str:
     raise NotChunked("unsupported function in a constant factor")
 
 
-def _stacked_input(exprs: list):
-    """If exprs are x[0], x[1], ..., x[n-1] of one stacked input x, that input's Ref."""
+def _stacked_input(exprs: list, dims: dict):
+    """If exprs are x[0], x[1], ..., x[n-1] of one stacked input x[n, ...], that input's Ref."""
     base = exprs[0].base if isinstance(exprs[0], ir.Index) else None
-    if not (isinstance(base, ir.Ref) and base.kind == "input" and base.shape and base.shape[0] == len(exprs)):
+    if not (isinstance(base, ir.Ref) and base.kind == "input" and base.shape
+            and dims.get(base.shape[0], base.shape[0]) == len(exprs)):
         return None
     for j, e in enumerate(exprs):
         if not (isinstance(e, ir.Index) and e.base == base and isinstance(e.index, ir.Num) and e.index.value == j):
@@ -601,8 +621,14 @@ def _stacked_input(exprs: list):
     return base
 
 
-def _roles(form: ChunkedForm):
-    """(named per-step expressions for `_per_step`, lines of `_layout`)."""
+def _roles(form: ChunkedForm, dims: dict):
+    """(named per-step expressions for `_per_step`, lines of `_layout`).
+
+    The layouts are the kernels' (templates/chunked_common.jinja): q a token tensor, k, v, beta, c
+    substep tensors, g a token tensor (a decay only comes before a token's first substep).
+    Vectors are in the kernels' type `dt`; scalars and log-decays keep theirs (the kernels load
+    them as fp32). `_vec` copies only what differs from that: an input already in its layout and
+    type is passed as is, and DeltaProduct's k[n, K] is read in place by the substep rows."""
     ns = len(form.substeps)
     values = {"q": form.query}
     lines = ["K, V = dims[_KDIM], dims[_VDIM]",
@@ -611,28 +637,28 @@ def _roles(form: ChunkedForm):
 
     def stacked(role, exprs, dim, vector):
         shape1 = f"(B, T, H, {dim})" if vector else "(B, T, H)"
-        dtype = "dt" if role in ("k", "v") else "torch.float32"
+        dtype = ", dt" if role in ("k", "v") else ""
         axis = -2 if vector else -1
         if all(e is None for e in exprs):
             return
-        if ns == 1:
+        if ns == 1 or role == "g":  # one substep, or the decay (substep 0's)
             values[role] = exprs[0]
-            lines.append(f'r["{role}"] = _vec(vals["{role}"], {shape1}, {dtype}).unsqueeze({axis})')
+            lines.append(f'r["{role}"] = _vec(vals["{role}"], {shape1}{dtype}).unsqueeze({axis})')
             return
-        base = _stacked_input(exprs) if all(e is not None for e in exprs) else None
+        base = _stacked_input(exprs, dims) if all(e is not None for e in exprs) else None
         if base is not None:
             values[role] = base
             shape = f"(B, T, H, {ns}, {dim})" if vector else f"(B, T, H, {ns})"
-            lines.append(f'r["{role}"] = _vec(vals["{role}"], {shape}, {dtype})')
+            lines.append(f'r["{role}"] = _vec(vals["{role}"], {shape}{dtype})')
             return
         parts = []
         for j, e in enumerate(exprs):
-            if e is None:
-                parts.append(f"torch.zeros({shape1}, device=vals['q'].device, dtype={dtype})")
+            if e is None:  # a substep without a coefficient: 1
+                parts.append(f"torch.ones({shape1}, device=vals['q'].device)")
             else:
                 values[f"{role}{j}"] = e
-                parts.append(f'_vec(vals["{role}{j}"], {shape1}, {dtype})')
-        lines.append(f'r["{role}"] = torch.stack([{", ".join(parts)}], {axis})')
+                parts.append(f'_as(vals["{role}{j}"], {shape1}{dtype})')
+        lines.append(f'r["{role}"] = torch.stack([{", ".join(parts)}], {axis})  # one copy')
 
     subs = form.substeps
     stacked("k", [s.key for s in subs], "K", True)
@@ -681,16 +707,19 @@ def lower_chunked(rec: ir.Recurrence, tiles: dict | None = None) -> Lowered:
         # the per-key kernels take the coefficient folded into the key
         form = replace(form, coeff="none", substeps=tuple(
             replace(s, key=_mul(s.coeff, s.key), coeff=None) for s in form.substeps))
-    values, layout = _roles(form)
+    values, layout = _roles(form, rec.fixed_dims)
     per_step = per_step_source(values, {"scale": form.scale, "floor": form.floor})
     layout_src = ('def _layout(vals, B, T, H, dims, dt):\n'
-                  '    """Per-step values in the kernels\' layouts: vectors in dt, scalars in fp32."""\n'
+                  '    """Per-step values in the kernels\' layouts: vectors in dt, scalars in their own type."""\n'
                   + "".join(f"    {line}\n" for line in layout))
     overrides = chunked_overrides(tiles)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     ctx = dict(name=rec.name, decay=form.decay, hh=form.householder, coeff=form.coeff,
                norm=form.normaliser is not None, normaliser=form.normaliser, ns=len(form.substeps),
+               extra=form.extra is not None,
+               # one kernel stores the scalars' gradients whole (chunk_bwd_wy; the per-key dqk)
+               scalar_grads_whole=form.householder or form.decay == "key",
                state=form.state, output=form.output, kdim=form.K, vdim=form.V, tiles=literal(overrides),
                launch_shape=literal(_launch_shape(rec, form)), spec_key=spec_key(rec),
                per_step=per_step, layout=layout_src)
