@@ -581,11 +581,13 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
     def wyb(a):
         BT, BV, KB = a["BT"], a["wyb_BV"], min(a["BKS"], KP)
         NT, _ = chunks(BT)
-        loop = (2 * 2 * BT * BT * BV, BT * BV * (4 + 2), BT * BV * 2, 0, 4 * BT * BV)
-        once = (2 * 3 * BT * BT * K + 2 * BT * BT * BT, BT * K * (2 + 4), BT * K * 2, BT * K * 2 * 2,
-                6 * BT * BT + 6 * BT * K)
+        # per V block: T^T dU and dU v^T; over K (twice, KB at a time): dW k^T and k k^T, then
+        # T^T dW and (Y + Y^T) k with dk's partial (fp32) read once; dA = -T^T dT T^T
+        loop = (2 * 2 * BT * BT * BV, BT * BV * (4 + 2), BT * BV * 2, 0, 2 * BT * BV)
+        once = (2 * 4 * BT * BT * K + 2 * 2 * BT * BT * BT, BT * K * (2 + 4 + 4), BT * K * 2, BT * K * (2 + 4),
+                8 * BT * BT + 4 * BT * K)
         return _kernel(hw, CODE["chunked"], programs=NT * H, warps=a["wyb_warps"], stages=a["wyb_stages"],
-                       elems=3 * BT * BT + 3 * BT * BV + BT * KB,
+                       elems=4 * BT * BT + 3 * BT * BV + BT * KB,
                        smem=a["wyb_stages"] * BT * BV * 6 + BT * BT * 4 + BT * KB * 2,
                        iters=cd(V, BV), loop=loop, once=once)
 
