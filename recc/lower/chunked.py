@@ -592,10 +592,12 @@ def _const_code(e: ir.Expr) -> str:
     raise NotChunked("unsupported function in a constant factor")
 
 
-def _stacked_input(exprs: list):
-    """If exprs are x[0], x[1], ..., x[n-1] of one stacked input x, that input's Ref."""
+def _stacked_input(exprs: list, sizes: dict):
+    """If exprs are x[0], x[1], ..., x[n-1] of one stacked input x, that input's Ref (its first
+    dim a number or a fixed dim's name, whose size `sizes` gives)."""
     base = exprs[0].base if isinstance(exprs[0], ir.Index) else None
-    if not (isinstance(base, ir.Ref) and base.kind == "input" and base.shape and base.shape[0] == len(exprs)):
+    if not (isinstance(base, ir.Ref) and base.kind == "input" and base.shape
+            and sizes.get(base.shape[0], base.shape[0]) == len(exprs)):
         return None
     for j, e in enumerate(exprs):
         if not (isinstance(e, ir.Index) and e.base == base and isinstance(e.index, ir.Num) and e.index.value == j):
@@ -603,8 +605,8 @@ def _stacked_input(exprs: list):
     return base
 
 
-def _roles(form: ChunkedForm):
-    """(named per-step expressions for `_per_step`, lines of `_layout`)."""
+def _roles(form: ChunkedForm, sizes: dict):
+    """(named per-step expressions for `_per_step`, lines of `_layout`); `sizes`: the fixed dims."""
     ns = len(form.substeps)
     values = {"q": form.query}
     lines = ["K, V = dims[_KDIM], dims[_VDIM]",
@@ -621,7 +623,7 @@ def _roles(form: ChunkedForm):
             values[role] = exprs[0]
             lines.append(f'r["{role}"] = _vec(vals["{role}"], {shape1}, {dtype}).unsqueeze({axis})')
             return
-        base = _stacked_input(exprs) if all(e is not None for e in exprs) else None
+        base = _stacked_input(exprs, sizes) if all(e is not None for e in exprs) else None
         if base is not None:
             values[role] = base
             shape = f"(B, T, H, {ns}, {dim})" if vector else f"(B, T, H, {ns})"
@@ -683,7 +685,7 @@ def lower_chunked(rec: ir.Recurrence, tiles: dict | None = None) -> Lowered:
         # the per-key kernels take the coefficient folded into the key
         form = replace(form, coeff="none", substeps=tuple(
             replace(s, key=_mul(s.coeff, s.key), coeff=None) for s in form.substeps))
-    values, layout = _roles(form)
+    values, layout = _roles(form, rec.fixed_dims)
     per_step = per_step_source(values, {"scale": form.scale, "floor": form.floor})
     layout_src = ('def _layout(vals, B, T, H, dims, dt):\n'
                   '    """Per-step values in the kernels\' layouts: vectors in dt, scalars in fp32."""\n'
