@@ -198,7 +198,7 @@ def anchor_fns(spec, rec, args):
 
 def tune(spec, B, T, H, rep, base: dict):
     """Coordinate descent over the tiles at one shape, from the solver's choice (`recc.tiles`)
-    with `base` (--tiles) on top: each kernel's (BV, num_warps, num_stages), then BKS and BT;
+    with `base` (--tiles) on top: each kernel's (BV, num_warps, num_stages), then BKS, BT and BI;
     keeps a change when fwd+bwd gets faster. Prints and returns the best tiles (the host code's
     names: BT, BKS, <kernel>_BV, ...; pass them back with --tiles)."""
     from recc.lower.chunked import KERNELS, chunked_overrides
@@ -226,9 +226,10 @@ def tune(spec, B, T, H, rep, base: dict):
     print(f"tune {spec}: start (solver {solver}) fwd+bwd {best_ms[0]:.3f} fwd {best_ms[1]:.3f} ms", flush=True)
     options = {k: [(bv, w, st) for bv in (32, 64, 128) for w in (4, 8) for st in (1, 2, 3)] for k in KERNELS}
     options["h"] = options["dh"] = [(bv, w, st) for bv in (16, 32, 64) for w in (4, 8) for st in (1, 2)]
-    for key, opts in list(options.items()) + [("BKS", [32, 64, 128]), ("BT", [32, 64, 128])]:
-        if key in KERNELS and f"{key}_BV" not in best:
-            continue                                   # a kernel this spec does not launch
+    options["wy"] = options["wyb"] = [(bv, w, st) for bv in (16, 32, 64, 128) for w in (2, 4, 8) for st in (1, 2)]
+    for key, opts in list(options.items()) + [("BKS", [32, 64, 128]), ("BT", [32, 64, 128]), ("BI", [4, 8, 16])]:
+        if (key in KERNELS and f"{key}_BV" not in best) or (key == "BI" and "BI" not in best):
+            continue                                   # a kernel (or tile) this spec does not launch
         for opt in opts:
             trial = dict(best, **chunked_overrides({key: opt}))
             ms = measure(trial)

@@ -66,6 +66,8 @@ ACCESS = 128             # bytes: a cache line; a narrower row segment costs as 
 MAX_PROGRAMS_PER_SM = 32
 LAUNCH = 3e-6            # s: a kernel launch and its tail
 LEVEL_CYCLES = 120       # scan: one level of the scan tree (a shuffle or a shared-memory round and its barrier)
+UT_STEP = 0.4           # chunked: a forward-substitution step of the UT transform's diagonal blocks (a sum
+                        # inside a warp, no barrier), in step latencies; a dependent tl.dot counts one
 REDUCE_CYCLES = 150      # recurrent: per doubling of the warps, the latency of a step's reductions over K
                          # (the state tile is held [BK, BV]: K across warps, a reduction crosses them)
 OPS = {"recurrent": 11, "recurrent_bwd": 50, "cell": 10, "cell_bwd": 20, "scan": 6}  # lane-ops per element per step
@@ -456,8 +458,9 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
     read too) and elementwise lane-ops. Per-key decays recompute the chunk's scores in every V
     block of o and dv (secondary chunking: BT / BC - 1 masked tl.dot's and BC columns of
     per-element exps per K block); householder transitions add the UT transform's kernels
-    (its inverse: BC - 1 dependent [BT, BT] tl.dot's inside the diagonal blocks, then
-    BT / BC of the Neumann series)."""
+    (its inverse: BI - 1 dependent forward-substitution steps in lane arithmetic inside the
+    diagonal blocks of BI rows, UT_STEP step latencies each, then log2(BT / BI) merges of two dependent
+    [BT, BT] tl.dot's, one step latency each)."""
     B, H, T = d["B"], d["H"], d["T"]
     K, V, KP, NS = d["K"], d["V"], c["KP"], c["NS"]
     HH, KEY = c["HH"], c["KEY"]
@@ -479,16 +482,21 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
 
     def wy(a):
         BT = a["BT"]
-        BV, BC = a["wy_BV"], min(a["BC"], BT)
+        BV, BI = a["wy_BV"], min(a["BI"], BT)
         NT, _ = chunks(BT)
-        inverse = (BC + BT // BC) * 2 * BT * BT * BT
-        once = (2 * BT * BT * KP * 2 + inverse, BT * KP * 2, BT * BT * 4 + BT * KP * 2, BT * KP * 2,
-                BC * 3 * BT * BT + 4 * BT * KP)
+        # the inverse: BI - 1 forward-substitution steps on the diagonal blocks ([BT, BC] products and
+        # a sum over BI inside a warp each), then log2(BT / BI) merges of two dependent [BT, BT] tl.dot's;
+        # A goes through the program's Tm slot (stored, its diagonal blocks' rows read back), then T
+        levels = int(math.log2(BT // BI))
+        subst = (BI - 1) * BT * BI * (4 + math.log2(BI))
+        chain = ((BI - 1) * UT_STEP + 2 * levels) * hw.step_latency
+        once = (2 * BT * BT * KP * 2 + levels * 2 * 2 * BT ** 3, BT * KP * 2, 2 * BT * BT * 4 + BT * KP * 2,
+                2 * (BI - 1) * BT * 4, subst + levels * 4 * BT * BT + 4 * BT * KP)
         loop = (2 * BT * BT * BV, BT * BV * 2, BT * BV * 2, 0, 3 * BT * BV)
         return _kernel(hw, CODE["chunked"], programs=NT * H, warps=a["wy_warps"], stages=a["wy_stages"],
-                       elems=4 * BT * BT + 2 * BT * KP + 2 * BT * BV,
+                       elems=4 * BT * BT + BT * BI + 2 * BT * KP + 2 * BT * BV,
                        smem=a["wy_stages"] * BT * BV * 4 + BT * BT * 4 + BT * KP * 2,
-                       iters=cd(V, BV), loop=loop, once=once)
+                       iters=cd(V, BV), loop=loop, once=once, extra=chain)
 
     def h(a):
         BT, BV = a["BT"], a["h_BV"]
@@ -573,16 +581,18 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
     def wyb(a):
         BT, BV, KB = a["BT"], a["wyb_BV"], min(a["BKS"], KP)
         NT, _ = chunks(BT)
-        loop = (2 * 2 * BT * BT * BV, BT * BV * (4 + 2), BT * BV * 2, 0, 4 * BT * BV)
-        once = (2 * 3 * BT * BT * K + 2 * BT * BT * BT, BT * K * (2 + 4), BT * K * 2, BT * K * 2 * 2,
-                6 * BT * BT + 6 * BT * K)
+        # per V block: T^T dU and dU v^T; over K (twice, KB at a time): dW k^T and k k^T, then
+        # T^T dW and (Y + Y^T) k with dk's partial (fp32) read once; dA = -T^T dT T^T
+        loop = (2 * 2 * BT * BT * BV, BT * BV * (4 + 2), BT * BV * 2, 0, 2 * BT * BV)
+        once = (2 * 4 * BT * BT * K + 2 * 2 * BT * BT * BT, BT * K * (2 + 4 + 4), BT * K * 2, BT * K * (2 + 4),
+                8 * BT * BT + 4 * BT * K)
         return _kernel(hw, CODE["chunked"], programs=NT * H, warps=a["wyb_warps"], stages=a["wyb_stages"],
-                       elems=3 * BT * BT + 3 * BT * BV + BT * KB,
+                       elems=4 * BT * BT + 3 * BT * BV + BT * KB,
                        smem=a["wyb_stages"] * BT * BV * 6 + BT * BT * 4 + BT * KB * 2,
                        iters=cd(V, BV), loop=loop, once=once)
 
     bc = ("BC",) if KEY else ()
-    kernels = {"wy": (wy, ("BT", "BC")), "h": (h, ("BT",)), "o": (o, ("BT", "BKS") + bc),
+    kernels = {"wy": (wy, ("BT", "BI")), "h": (h, ("BT",)), "o": (o, ("BT", "BKS") + bc),
                "dv": (dv, ("BT", "BKS") + bc), "dh": (dh, ("BT",)), "dqk": (dqk, ("BT", "BKS") + bc),
                "wyb": (wyb, ("BT", "BKS"))}
     return [(k, kernels[k][1] + (f"{k}_BV", f"{k}_warps", f"{k}_stages"), kernels[k][0]) for k in chunked_kernels(s)]

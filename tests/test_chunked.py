@@ -15,6 +15,8 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import recc
 from recc.lower.chunked import NotChunked, chunked_form, lower_chunked
@@ -60,7 +62,7 @@ recurrence product_custom
 """,
 }
 FAMILY = ["simple_gla", "retnet", "mamba2", "gla", "mlstm", "delta_net", "gated_delta_net", "delta_product"]
-TILES = {"BT": 16, "BC": 8, "BKS": 8, "BV": 8}  # every loop and split runs at least twice
+TILES = {"BT": 16, "BC": 8, "BI": 4, "BKS": 8, "BV": 8}  # every loop and split runs at least twice
 D = 16  # K = V = 16
 
 
@@ -242,3 +244,46 @@ def test_the_op_and_its_autograd(spec, path, monkeypatch):
     errors = {"o": rel_err(o, o_ref)} | {f"d{d.name}": rel_err(m.grad, l.grad)
                                          for d, m, l in zip(rec.inputs, mine, leaves)}
     assert max(errors.values()) < 1e-4, errors
+
+
+# ---- the UT transform's inverse on its own ---------------------------------------
+
+_unit_lower_inverse = None  # the generated module's, set by the test below
+
+
+@triton.jit
+def _inverse_probe(A, T, scratch, BT: tl.constexpr, BI: tl.constexpr):
+    o = tl.arange(0, BT)
+    p = o[:, None] * BT + o[None, :]
+    tl.store(T + p, _unit_lower_inverse(tl.load(A + p), scratch, BT, BI))
+
+
+def ut_matrix(BT, correlated, seed):
+    """A = strictly_lower(beta_i (k_i . k_j) exp(G_i - G_j)) as the UT transform sees it: unit keys
+    (K = 64; correlated: a shared direction plus noise, |k_i . k_j| up to ~0.9), beta in (0, 2)
+    (DeltaProduct's range), cumulative log-decays."""
+    gen = torch.Generator().manual_seed(seed)
+    k = torch.randn(BT, 64, generator=gen, dtype=torch.float64)
+    if correlated:
+        k = k * 0.3 + torch.randn(1, 64, generator=gen, dtype=torch.float64)
+    k = k / k.norm(dim=1, keepdim=True)
+    beta = 2 * torch.rand(BT, generator=gen, dtype=torch.float64)
+    G = torch.cumsum(-0.1 * torch.rand(BT, generator=gen, dtype=torch.float64), 0)
+    return torch.tril(beta[:, None] * (k @ k.T) * torch.exp(G[:, None] - G[None, :]), -1)
+
+
+@pytest.mark.parametrize("BT, BI", [(16, 16), (32, 16), (64, 16), (32, 8), (64, 8), (16, 4), (64, 4)])
+@pytest.mark.parametrize("correlated", [False, True])
+def test_unit_lower_inverse(compiled, BT, BI, correlated):
+    """T = (I + A)^-1 against torch.linalg.inv in float64: the diagonal blocks' forward
+    substitution and every merge level (BT / BI = 1, 2, 4, 8, 16 blocks)."""
+    global _unit_lower_inverse
+    _unit_lower_inverse = compiled("delta_net")[1]._unit_lower_inverse
+    for seed in range(3):
+        A = ut_matrix(BT, correlated, seed)
+        ref = torch.linalg.inv(torch.eye(BT, dtype=torch.float64) + A)
+        T = torch.empty(BT, BT)
+        scratch = torch.empty(BT, BT)
+        _inverse_probe[(1,)](A.float(), T, scratch, BT=BT, BI=BI)
+        assert torch.equal(torch.triu(T, 1), torch.zeros(BT, BT)) and torch.equal(torch.diagonal(T), torch.ones(BT))
+        assert rel_err(T, ref) < 1e-5, (seed, rel_err(T, ref))

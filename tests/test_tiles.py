@@ -257,7 +257,7 @@ def test_explain_names_the_point_the_estimate_and_the_binding_constraints():
     t = choose_tiles("chunked", GLA, H100, householder=True, substeps=2)
     text = t.explain()
     assert text.startswith("chunked: (estimated") and "ms forward + backward" in text
-    assert f"  shared: BT={t['BT']}, BC={t['BC']}, BKS={t['BKS']}" in text
+    assert f"  shared: BT={t['BT']}, BI={t['BI']}, BKS={t['BKS']}" in text
     assert f"  wy:     wy_BV={t['wy_BV']}, wy_warps={t['wy_warps']}, wy_stages={t['wy_stages']}" in text
     rec = choose_tiles("recurrent", GLA, INTERPRETER).explain()
     assert "interpreter model: smallest legal tiles" in rec and "8 >= 16 fails" in rec
@@ -300,7 +300,7 @@ def test_the_variables_are_the_launch_parameters_of_the_host_code(family):
     expected = {"recurrent": {"BV", "BV_bwd", "CHUNK", "num_warps", "num_warps_bwd"},
                 "cell": {"BB", "num_warps", "RESIDENT"},
                 "scan": {"BT", "BD", "num_warps", "BT_bwd", "BD_bwd", "num_warps_bwd"},
-                "chunked": {"BT", "BC", "BKS"} | {f"{k}_{p}" for k in ("wy", "h", "o", "dv", "dh", "dqk", "wyb")
+                "chunked": {"BT", "BC", "BI", "BKS"} | {f"{k}_{p}" for k in ("wy", "h", "o", "dv", "dh", "dqk", "wyb")
                                                   for p in ("BV", "warps", "stages")}}
     assert names == expected[family]
 
@@ -472,7 +472,7 @@ def test_the_chunked_host_code_launches_the_solvers_tiles(tmp_path, monkeypatch)
     assert (family, dims, device, key) == ("chunked", {"B": 1, "T": 32, "H": 2, "K": 16, "V": 16}, "cpu", spec_key(rec))
     assert shape == families_of(rec)["chunked"][1]
     chosen = choose_tiles("chunked", dims, INTERPRETER, **shape).assignment
-    assert module._launch(call) == chosen and {"wy_BV", "wyb_BV", "BC"} <= set(chosen)
+    assert module._launch(call) == chosen and {"wy_BV", "wyb_BV", "BI"} <= set(chosen)
     module._TILES.update(BT=32, dqk_warps=2)
     assert module._launch(call) == {**chosen, "BT": 32, "dqk_warps": 2}
     module._TILES.clear()

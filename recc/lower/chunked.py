@@ -37,9 +37,11 @@ or over (sequence, head) for the passes; varlen through cu_seqlens tables):
 * `chunk_cumsum`: G = chunk-local cumulative sum of the log-decays (fp32, per substep; the
   log-decays are per token: a decay only comes before a token's first substep).
 * householder, `chunk_wy_fwd`: per chunk, A = strictly_lower(diag(beta) K K^T * exp(G_i - G_j)),
-  T = (I + A)^-1 by forward substitution inside 16-row diagonal blocks (one tl.dot per row,
-  all blocks at once) and the blocks' coupling by the Neumann series of the block-nilpotent
-  rest; W = T (beta exp(G) K), U = T (c V) with fp32 operands.
+  T = (I + A)^-1 exactly: forward substitution in fp32 lane arithmetic inside diagonal blocks
+  of BI rows (all blocks at once, no tl.dot; A's rows read back from the chunk's Tm slot),
+  then the blocks merged pairwise, BI -> 2 BI -> ... -> BT, by
+  inv([[I + A11, 0], [A21, I + A22]]) = [[T1, 0], [-T2 A21 T1, T2]] (two tl.dot's per level);
+  W = T (beta exp(G) K), U = T (c V) with fp32 operands.
 * `chunk_fwd_h`: per (sequence, head, V block), the state passed over the chunks; stores
   the state at each chunk start (householder: and v_new = U - W h, fp32).
 * `chunk_fwd_o`: per (V block, chunk), o = exp(G) q h + (q k^T * exp(G_i - G_j), causal) v.
@@ -676,11 +678,11 @@ def _roles(form: ChunkedForm, dims: dict):
 
 
 KERNELS = ("wy", "h", "o", "dv", "dh", "dqk", "wyb")
-SHARED = ("BT", "BC", "BKS")
+SHARED = ("BT", "BC", "BI", "BKS")
 
 
 def chunked_overrides(tiles: dict | None) -> dict:
-    """Tile overrides in the host code's names (`_TILES`): BT, BC, BKS and <kernel>_BV,
+    """Tile overrides in the host code's names (`_TILES`): BT, BC, BI, BKS and <kernel>_BV,
     <kernel>_warps, <kernel>_stages; also accepted: `BV` (every kernel's V block, tests use it)
     and <kernel>: (BV, num_warps, num_stages)."""
     out = {}

@@ -1,0 +1,142 @@
+"""Registers, spills, shared memory and SASS of `chunked` kernels, compiled for sm_90 without a GPU.
+
+Triton compiles ahead of time for a target it is told (Hopper, sm_90a); ptxas reports each
+kernel's registers and spills, and cuobjdump its SASS: the instructions a warp issues
+outside loops, each loop body (its size and bar.sync's; the trip counts follow from the
+tiles) and the barriers. A way to compare two versions of a kernel before any GPU run
+(the UT transform's rewrite, counted so with Triton 3.6: `wy_fwd` at BT=32, 8 warps from
+~4400 to ~1100 instructions issued per warp, loop bodies times their trips included, and
+from ~330 to ~30 barriers). The Triton imported is the one compiling: to match a GPU
+stack, put that version first on PYTHONPATH (pip install --target DIR triton==X).
+
+    python benchmarks/chunked_registers.py delta_net                        # wy_fwd, bwd_wy at BT=32
+    python benchmarks/chunked_registers.py delta_product --kernels wy_fwd --BT 32 64 --warps 2 4 8 \\
+        --tiles "{'BI': 8, 'wy_BV': 128}"
+
+Kernels are named as in the generated module without the spec's prefix (wy_fwd, fwd_h,
+fwd_o, bwd_dv, bwd_dh, bwd_dqk, bwd_wy); tiles take the host code's names (BI, BKS,
+<kernel>_BV; BT and warps from the flags). Pointers are declared 16-byte aligned, as
+Triton specializes them at a real launch. Uses Triton internals (ASTSource, GPUTarget,
+the bundled ptxas and cuobjdump): a dev tool.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile, do not interpret
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+
+import recc  # noqa: E402
+from recc.lower.chunked import lower_chunked  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+FP32 = {"G", "Tm", "dvnew", "dw", "dgp", "dcp", "dg", "dbeta", "dc", "beta", "c", "h0", "ht", "dht", "dh0", "vnew"}
+KERNEL_TILE = {"wy_fwd": "wy", "fwd_h": "h", "fwd_o": "o", "bwd_dv": "dv", "bwd_dh": "dh", "bwd_dqk": "dqk",
+               "bwd_wy": "wyb"}
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
+def module_of(spec: str):
+    rec = recc.load_spec(ROOT / "specs" / f"{spec}.rec")
+    folder = Path(tempfile.mkdtemp())
+    path = folder / f"{spec}_chunked_probe.py"
+    path.write_text(lower_chunked(rec).source)
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return rec, module
+
+
+def constexprs(fn, kernel: str, dims: dict, tiles: dict, BT: int, NS: int) -> dict:
+    KP = max(16, 1 << (dims["K"] - 1).bit_length())
+    BKS = min(tiles.get("BKS", 64), KP)
+    whole_k = kernel in ("wy_fwd", "fwd_h", "bwd_dh")        # the kernels that hold all of K
+    values = dict(H=16, K=dims["K"], V=dims["V"], NS=NS, BT=BT, BK=KP if whole_k else BKS,
+                  BV=tiles.get(f"{KERNEL_TILE[kernel]}_BV", 64), BI=min(tiles.get("BI", 8), BT),
+                  BC=tiles.get("BC", 16), NKB=-(-dims["K"] // BKS), HAS_H0=False, HAS_DHT=False)
+    return {name: values[name] for name in fn.arg_names if name in values}
+
+
+def compile_kernel(fn, consts: dict, warps: int, stages: int):
+    signature, values = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            signature[name], values[(i,)] = "constexpr", consts[name]
+        elif name in ("cu", "info", "chunk_first"):
+            signature[name] = "*i32"
+        elif name in ("stride_p",):
+            signature[name] = "i32"
+        elif name in ("scale",):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "*fp32" if name in FP32 else "*bf16"
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in signature.items() if t.startswith("*")}
+    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=values, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+
+
+def report(compiled) -> str:
+    with tempfile.TemporaryDirectory() as d:
+        ptx, cubin = Path(d) / "k.ptx", Path(d) / "k.cubin"
+        ptx.write_text(compiled.asm["ptx"])
+        ptxas = BIN / ("ptxas-blackwell" if (BIN / "ptxas-blackwell").exists() else "ptxas")
+        out = subprocess.run([str(ptxas), "-v", "--gpu-name", "sm_90a", str(ptx), "-o", str(cubin)],
+                             capture_output=True, text=True)
+        sass = subprocess.run([str(BIN / "cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True).stdout
+    regs = re.search(r"Used (\d+) registers", out.stderr)
+    spills = re.search(r"(\d+) bytes spill stores", out.stderr)
+    line = re.compile(r"\s+/\*([0-9a-f]{4,6})\*/\s+(.*)")
+    instrs = [(int(m.group(1), 16), m.group(2)) for m in map(line.match, sass.splitlines()) if m]
+    at = {a: i for i, (a, _) in enumerate(instrs)}
+    loops = []
+    for i, (a, text) in enumerate(instrs):
+        target = re.search(r"BRA\s.*?0x([0-9a-f]+)", text)
+        if target and int(target.group(1), 16) < a and int(target.group(1), 16) in at:
+            body = instrs[at[int(target.group(1), 16)]:i + 1]
+            loops.append(f"{len(body)} ({sum('BAR' in t for _, t in body)} BAR)")
+    bars = sum("BAR" in t for _, t in instrs)
+    return (f"{regs.group(1) if regs else '?':>3s} regs, {spills.group(1) if spills else '?':>4s} B spilled, "
+            f"smem {compiled.metadata.shared:6d} B, SASS {len(instrs):5d} instrs, {bars:3d} BAR; "
+            f"loop bodies: {', '.join(loops) or 'none'}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec")
+    p.add_argument("--kernels", default="wy_fwd,bwd_wy", help=f"comma-separated, of {', '.join(KERNEL_TILE)}")
+    p.add_argument("--size", type=int, default=128, help="K and V")
+    p.add_argument("--BT", type=int, nargs="+", default=[32])
+    p.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--stages", type=int, default=2)
+    p.add_argument("--tiles", default="{}", help="the host code's names: BI, BKS, BC, <kernel>_BV")
+    args = p.parse_args(argv)
+    rec, module = module_of(args.spec)
+    tiles = ast.literal_eval(args.tiles)
+    dims = {"K": args.size, "V": args.size}
+    for kernel in args.kernels.split(","):
+        fn = getattr(module, f"{rec.name}_chunk_{kernel}_kernel")
+        for BT in args.BT:
+            for warps in args.warps:
+                consts = constexprs(fn, kernel, dims, tiles, BT, module._NS)
+                shown = " ".join(f"{k}={v}" for k, v in consts.items() if k not in ("H", "K", "V", "NS")
+                                 and not k.startswith("HAS_"))
+                try:
+                    text = report(compile_kernel(fn, consts, warps, args.stages))
+                except Exception as error:  # noqa: BLE001 - a point that does not compile is reported
+                    text = f"does not compile: {type(error).__name__}: {str(error).splitlines()[0][:100]}"
+                print(f"{rec.name} {kernel:8s} {shown} warps={warps}: {text}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
