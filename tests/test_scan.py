@@ -149,6 +149,18 @@ def test_first_order_several_channel_tiles(specs_dir):
     check("first_order", specs_dir, B=1, T=20, D=40, initial_state=True)
 
 
+@pytest.mark.parametrize("seqlens", [None, [7, 0, 33]])
+def test_forward_and_backward_take_their_own_tiles(seqlens, specs_dir):
+    """Blocks of 16 steps x 16 channels forward, 32 x 32 backward (D=40: three channel tiles one
+    way, two the other; the backward's partial sums over channel tiles follow its own BD)."""
+    tiles = dict(variant="tile", BT=16, BD=16, num_warps=4, BT_bwd=32, BD_bwd=32, num_warps_bwd=2)
+    check("first_order", specs_dir, B=2, T=45, D=40, tiles=tiles, initial_state=True, seqlens=seqlens)
+    check("scalar_gate", specs_dir, B=2, T=45, D=40, tiles=tiles, seqlens=seqlens)
+    op, rec = scan_op("first_order", specs_dir, tiles), recc.load_spec("specs/first_order.rec")
+    call = bind(rec, tuple(random_arguments(rec, 2, 45, 2, {"D": 40})), {})
+    assert op.module._scan_tiles(call)[2:] == ({"BT": 16, "BD": 16}, 16, 4, {"BT": 32, "BD": 32}, 32, 2)
+
+
 @pytest.mark.parametrize("initial_state", [False, True])
 def test_first_order_varlen(initial_state, specs_dir):
     check("first_order", specs_dir, seqlens=[9, 1, 40], initial_state=initial_state)
