@@ -649,22 +649,28 @@ def _roles(form: ChunkedForm):
     return values, lines
 
 
-KERNELS = ("wy", "h", "o", "dv", "dh", "dqk", "wyb")
+KERNELS = ("wy", "a", "h", "o", "dv", "dh", "dqk", "wyb")
+NO_V_BLOCK = ("a",)   # kernels without a V block: <kernel>_warps, <kernel>_stages only
 SHARED = ("BT", "BC", "BKS")
 
 
 def chunked_overrides(tiles: dict | None) -> dict:
     """Tile overrides in the host code's names (`_TILES`): BT, BC, BKS and <kernel>_BV,
     <kernel>_warps, <kernel>_stages; also accepted: `BV` (every kernel's V block, tests use it)
-    and <kernel>: (BV, num_warps, num_stages)."""
+    and <kernel>: (BV, num_warps, num_stages), or (num_warps, num_stages) for a kernel without
+    a V block (`NO_V_BLOCK`)."""
     out = {}
     for key, value in (tiles or {}).items():
         if key == "BV":
-            out.update({f"{k}_BV": value for k in KERNELS})
+            out.update({f"{k}_BV": value for k in KERNELS if k not in NO_V_BLOCK})
+        elif key in NO_V_BLOCK:
+            warps, stages = value[-2:]
+            out.update({f"{key}_warps": warps, f"{key}_stages": stages})
         elif key in KERNELS:
             bv, warps, stages = value
             out.update({f"{key}_BV": bv, f"{key}_warps": warps, f"{key}_stages": stages})
-        elif key in SHARED or (key.split("_", 1)[0] in KERNELS and key.split("_", 1)[-1] in ("BV", "warps", "stages")):
+        elif key in SHARED or (key.split("_", 1)[0] in KERNELS and key.split("_", 1)[-1] in ("BV", "warps", "stages")
+                               and not (key.split("_", 1)[0] in NO_V_BLOCK and key.endswith("_BV"))):
             out[key] = value
         else:
             raise ReccError(f"unknown chunked tile {key!r}: expected one of {', '.join(SHARED)}, BV, a kernel "
