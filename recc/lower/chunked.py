@@ -36,8 +36,13 @@ or over (sequence, head) for the passes; varlen through cu_seqlens tables):
   rest; W = T (beta exp(G) K), U = T (c V) with fp32 operands.
 * `chunk_fwd_h`: per (sequence, head, V block), the state passed over the chunks; stores
   the state at each chunk start (householder: and v_new = U - W h, fp32).
-* `chunk_fwd_o`: per (V block, chunk), o = exp(G) q h + (q k^T * exp(G_i - G_j), causal) v.
-* backward: `chunk_bwd_dv` (the intra-chunk dv; householder: its local part), `chunk_bwd_dh`
+* per-key decays, `chunk_fwd_A`: per (sub-chunk, chunk), the scores' rows
+  A_ij = sum_k q_ik k_jk exp(G_ik - G_jk), j <= i (secondary chunking, below), stored in the
+  inputs' type and saved for the backward.
+* `chunk_fwd_o`: per (V block, chunk), o = exp(G) q h + (q k^T * exp(G_i - G_j), causal) v
+  (per-key decays: A v, A loaded).
+* backward: `chunk_bwd_dv` (the intra-chunk dv; householder: its local part; per-key decays:
+  A^T do from the saved A, and the V block's part of dA = do v^T), `chunk_bwd_dh`
   (dS passed backward over chunks, stored at each chunk end; householder: adds the state
   part of dv_new), `chunk_bwd_dqk` per (K block, chunk): dq, dk and that K block's share of
   the log-decay gradient from the cumulative-gate identity dG_i = q_i.dq_i - k_i.dk_i
@@ -48,10 +53,21 @@ or over (sequence, head) for the passes; varlen through cu_seqlens tables):
   States are stored by the forward (h, in the inputs' type), not recomputed.
 
 exp() is never taken of a positive number: scalar decays only appear as differences
-G_i - G_j with i >= j. Per-key decays (GLA) use secondary chunking: rows in sub-chunks of
-16; a sub-chunk's earlier columns come from one tl.dot with both factors scaled against
-the row just before the sub-chunk (q exp(G_i - G_ref), k exp(G_ref - G_j), both <= 1), its
-diagonal block column by column with per-element exp(G_ik - G_jk). mLSTM's exp input gates
+G_i - G_j with i >= j. Per-key decays (GLA) use secondary chunking (GLA paper, sec. 4): rows
+in sub-chunks of BC (16 or 32); a pair of sub-chunks (i, j < i) is one tl.dot whose factors
+are both scaled against a reference row r between them, q_i exp(G_i - G_r) and
+k_j exp(G_r - G_j) (both exponents <= 0, since G decreases); a sub-chunk's own [BC, BC]
+diagonal block takes per-element exp(G_ik - G_jk), i >= j, a row or column at a time. No
+work goes to pairs above the diagonal beyond the masked half of the diagonal blocks:
+chunk_fwd_A takes one sub-chunk's rows (r its first row: one [BC, K] x [K, BT] tl.dot for
+the earlier columns, masked to them, then the diagonal block) and stores A once, which o and
+dv load (A costs 2 BT bytes per step and head to store and 4 BT to read twice; recomputing
+it costs BC K exps per step and head, in each of o's and dv's V blocks). The backward's dA
+= do v^T comes with dv (its own loads of do); chunk_bwd_dqk walks one chunk's sub-chunks
+last to first: dq's earlier-sub-chunk part against the sub-chunk's first row, dk's
+later-sub-chunk part against its last row, the diagonal per element, and the reverse
+cumsum of dG carried from the later sub-chunks (started at the chunk-end term, computed
+first). mLSTM's exp input gates
 use the max-state stabiliser: states kept as S exp(-m), row stabilisers m_i, the
 denominator max(|n.q|, floor exp(-m_i)); the backward passes dS exp(m) so that it too stays
 in range, and gives the gradients of the exact function (m is a constant of it).
@@ -61,7 +77,8 @@ match the float64 reference (fp32 < 1e-4, bf16 < 2e-2) for simple_gla, retnet, m
 gla, mlstm, delta_net, gated_delta_net, delta_product (n = 2), ragged T and varlen.
 Kernels compile for sm_90; GPU timings come from benchmarks/chunked_gpu_check.py.
 Limits: K <= 256 in one tile for the state passes; int32 offsets (the host refuses
-B*T*H*n*max(K, V) or chunks*H*K*V >= 2**31); per-key decays with householder
+B*T*H*n*max(K, V) or chunks*H*K*V >= 2**31, and with per-key decays B*T*H*BT times dv's
+V blocks); per-key decays with householder
 transitions, decays inside later substeps, and states read before their update are
 not of this family (`NotChunked`).
 """
