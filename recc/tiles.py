@@ -458,8 +458,8 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
     read too) and elementwise lane-ops. Per-key decays add the scores kernel a (per sub-chunk of
     BC rows: one [BC, KB] x [KB, BT] tl.dot against the earlier sub-chunks and BC columns of
     per-element exps per K block), whose scores o and dv load; dv stores dA, which dqk takes
-    per sub-chunk (its state parts, two [BC, BT] x [BT, KB] tl.dot's, BC rows of per-element
-    exps); householder transitions add the UT transform's kernels (its inverse: BC - 1
+    per sub-chunk (its state parts, a [BC, BC] x [BC, KB] tl.dot per other sub-chunk, BC rows
+    of per-element exps); householder transitions add the UT transform's kernels (its inverse: BC - 1
     dependent [BT, BT] tl.dot's inside the diagonal blocks, then BT / BC of the Neumann series)."""
     B, H, T = d["B"], d["H"], d["T"]
     K, V, KP, NS = d["K"], d["V"], c["KP"], c["NS"]
@@ -564,25 +564,25 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                        iters=cd(K, KB), loop=(flops, hbm + plain * KB * BV * 2, 0, l2, ops), once=once)
 
     def dqk_key(a):
-        """Per-key decays: per (K block, chunk) a pass over V for the chunk-end term, then per sub-chunk
-        (the loop's iterations) its state parts over V, dA's [BC, BT] blocks against the earlier and
-        later sub-chunks (L2: dv stored them), BC rows of per-element exps, dq, dk, dG stored."""
+        """Per-key decays: per (K block, chunk) a pass over V for the chunk-end term (<S_end, dS>), then
+        per sub-chunk (the loop's iterations) its state parts over V, the NC - 1 other sub-chunks
+        ([BC, BC] x [BC, KB] tl.dot's on dA, which dv stored: L2), BC rows of per-element exps,
+        dq, dk, dG stored."""
         BT, BV, KB = a["BT"], a["dqk_BV"], min(a["BKS"], KP)
         BC = min(a["BC"], BT)
         NT, _ = chunks(BT)
         nk, nv, nc = cd(K, KB), cd(V, BV), BT // BC
-        nvb = 1                                              # dv's V blocks (dA's partial sums): one at the main shapes
         own, others = shared(BC * V * 2 * 2, nk)            # do, v rows of the sub-chunk (every K block reads them)
-        loop = (2 * 2 * BC * V * KB + 2 * 2 * BC * BT * KB, BC * KB * 8 + own, BC * KB * 8,
-                others + 2 * KB * V * 2 + BT * KB * 6 + 2 * BC * BT * 4 * nvb + BC * (3 * KB * 2 + 2 * nvb * 4),
-                2 * BC * V + 6 * BT * KB + BC * KB * 10 + BC * BC * KB * 12)
-        v_hbm, v_l2 = shared(BT * V * 2, nk)
-        once = (2 * KB * BT * V, 2 * KB * V * 2 + BT * KB * 6 + v_hbm, 0, v_l2, 4 * KB * V + 3 * BT * KB)
+        pairs = nc - 1                                       # earlier (dq) and later (dk) sub-chunks
+        loop = (2 * 2 * BC * V * KB + pairs * 2 * BC * BC * KB, BC * KB * 8 + own, BC * KB * 8,
+                others + 2 * KB * V * 2 + pairs * (BC * KB * 6 + BC * BC * 4) + BC * (3 * KB * 2 + 2 * BC * 4),
+                2 * BC * V + pairs * 4 * BC * KB + BC * KB * 10 + BC * BC * KB * 12)
+        once = (0, 2 * KB * V * 2, 0, 0, 3 * KB * V)
         return _kernel(hw, CODE["chunked"], programs=nk * NT * H, warps=a["dqk_warps"], stages=a["dqk_stages"],
-                       elems=BT * KB + 2 * BC * BT + 8 * BC * KB + (2 * BC * BV + 2 * KB * BV) // 2,
-                       smem=a["dqk_stages"] * (2 * BC * BV + 2 * KB * BV) * 2 + (BC * BT + BT * KB) * 2 * 2,
+                       elems=12 * BC * KB + (2 * BC * BV + 2 * KB * BV) // 2 + 2 * KB * BV,
+                       smem=a["dqk_stages"] * (2 * BC * BV + 2 * KB * BV) * 2 + 2 * BC * KB * 2,
                        iters=nc, loop=loop, once=once,
-                       serial=(BC + nv) * 40)          # the diagonal's rows and the V blocks: an L1 load each
+                       serial=(BC + nv + pairs) * 40)  # the diagonal's rows, V blocks, pairs: an L1 load each
 
     def dqk(a):
         BT, BV, KB = a["BT"], a["dqk_BV"], min(a["BKS"], KP)
