@@ -52,16 +52,14 @@ TILES = {"BT": 16, "BC": 8, "BKS": 8, "BV": 8}  # every loop and split runs at l
 D = 16  # K = V = 16
 
 
-@pytest.fixture(scope="session")
-def compiled(tmp_path_factory):
-    """spec name -> the imported module of its lowered source (compiled once per session)."""
-    root = tmp_path_factory.mktemp("chunked")
+def _compiler(root, tiles):
+    """spec name -> (rec, the imported module of its source lowered with `tiles`), cached."""
     cache = {}
 
     def get(spec: str):
         if spec not in cache:
             rec = recc.check(INLINE[spec], f"<{spec}>") if spec in INLINE else recc.load_spec(f"specs/{spec}.rec")
-            source = lower_chunked(rec, tiles=TILES).source
+            source = lower_chunked(rec, tiles=tiles).source
             path = root / f"{spec}_{hashlib.sha1(source.encode()).hexdigest()[:8]}.py"
             path.write_text(source)
             module_spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -70,6 +68,12 @@ def compiled(tmp_path_factory):
             cache[spec] = (rec, module)
         return cache[spec]
     return get
+
+
+@pytest.fixture(scope="session")
+def compiled(tmp_path_factory):
+    """spec name -> the imported module of its lowered source (compiled once per session)."""
+    return _compiler(tmp_path_factory.mktemp("chunked"), TILES)
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -182,7 +186,7 @@ def test_varlen(compiled, spec):
     oracle_check(compiled, spec, T=40, varlen=True)
 
 
-@pytest.mark.parametrize("spec", ["simple_gla", "gated_delta_net"])
+@pytest.mark.parametrize("spec", ["simple_gla", "gla", "gated_delta_net"])
 def test_bf16(compiled, spec):
     oracle_check(compiled, spec, T=40, dtype=torch.bfloat16, tol=2e-2)
 
@@ -197,6 +201,14 @@ def test_mlstm_stabiliser_keeps_large_input_gates_finite(compiled):
     """exp(i) up to e^40: without the max-state the fp32 states would lose the small terms."""
     big = lambda shape, ann, gen: 20.0 + 10.0 * torch.randn(shape, generator=gen, dtype=torch.float64)
     oracle_check(compiled, "mlstm", T=40, sample={"i": big})
+
+
+def test_gla_four_sub_chunks(tmp_path):
+    """Per-key decays with four sub-chunks per chunk (BT = 32, BC = 8): several earlier and later
+    sub-chunks per sub-chunk; a ragged last chunk and varlen sequences ending mid-sub-chunk."""
+    compiled = _compiler(tmp_path, {**TILES, "BT": 32})
+    oracle_check(compiled, "gla", T=75)
+    oracle_check(compiled, "gla", T=40, varlen=True)
 
 
 def test_gla_strong_per_key_decays(compiled):
