@@ -22,7 +22,8 @@ from recc.primitives import sample_input
 from recc.reference import reference
 from recc.signature import bind
 
-# New members of the family need no new code: two specs written for these tests.
+# New members of the family need no new code: three specs written for these tests (scalar decay,
+# per-key decay, householder transition).
 INLINE = {
     "gated_custom": """
 recurrence gated_custom
@@ -35,6 +36,16 @@ recurrence gated_custom
   let    lam = sigmoid(a) * 0.5 + 0.25
   S = lam * exp(w) * S + (2.0 * tanh(z) + 3.0) * outer(l2norm(k) * 0.5, v)
   output o[V] = S^T @ (q * sigmoid(z)) * scale * 2.0 - 0.5 * v
+""",
+    "key_custom": """
+recurrence key_custom
+  dims   K, V
+  input  q[K], k[K], v[V]
+  input  a[K], z
+  const  scale = K ** -0.5
+  state  S[K, V]
+  S = diag(sigmoid(a)) @ S + (2.0 * sigmoid(z)) * outer(l2norm(k), v)
+  output o[V] = S^T @ (q * sigmoid(z)) * scale - 0.5 * v
 """,
     "delta_custom": """
 recurrence delta_custom
