@@ -456,8 +456,8 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
     as the constraints count them, and per loop iteration and per program the tensor FLOPs,
     HBM loads and stores, L2 loads (a tile the other V blocks, or K blocks, of the same chunk
     read too) and elementwise lane-ops. Per-key decays add the scores kernel a (per sub-chunk of
-    BC rows: one [BC, KB] x [KB, BT] tl.dot against the earlier sub-chunks and BC columns of
-    per-element exps per K block), whose scores o and dv load; dv stores dA, which dqk takes
+    BC rows: a [BC, KB] x [KB, BC] tl.dot per earlier sub-chunk and BC columns of per-element
+    exps per K block), whose scores o and dv load; dv stores dA, which dqk takes
     per sub-chunk (its state parts, a [BC, BC] x [BC, KB] tl.dot per other sub-chunk, BC rows
     of per-element exps); householder transitions add the UT transform's kernels (its inverse: BC - 1
     dependent [BT, BT] tl.dot's inside the diagonal blocks, then BT / BC of the Neumann series)."""
@@ -477,18 +477,21 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         return B * cd(T * NS, BT), cd(T * NS, BT)        # chunks of all sequences, per sequence
 
     def a(a):
-        """Per-key decays: per (sub-chunk, chunk), the scores' rows [BC, BT], K in blocks of KB."""
+        """Per-key decays: per (sub-chunk, chunk), the scores' rows [BC, BT] in [BC, BC] blocks; per K
+        block of KB: the diagonal block (BC columns of per-element exps, a row sum each) and, on
+        average, (NC - 1) / 2 earlier sub-chunks (a [BC, KB] x [KB, BC] tl.dot each, their rows
+        read by the chunk's other sub-chunks too: L2)."""
         BT, KB = a["BT"], min(a["BKS"], KP)
         BC = min(a["BC"], BT)
         NT, _ = chunks(BT)
         nc = BT // BC
-        earlier = (nc - 1) / 2 * BC                      # rows of the earlier sub-chunks, on average
-        loop = ((nc - 1) / nc * 2 * BC * BT * KB, BC * KB * 8, 0, earlier * KB * 6 + BC * KB * 6,
-                3 * BC * KB + 3 * BT * KB + BC * (8 * BC * KB + 2 * BC * BT))
+        pairs = (nc - 1) / 2
+        loop = (pairs * 2 * BC * BC * KB, BC * KB * 8, 0, pairs * BC * KB * 12 + BC * KB * 6,
+                pairs * 6 * BC * KB + BC * (8 * BC * KB + 2 * BC * BC))
         return _kernel(hw, CODE["chunked"], programs=nc * NT * H, warps=a["a_warps"], stages=a["a_stages"],
-                       elems=BC * BT + 4 * BC * KB + 2 * BT * KB, smem=a["a_stages"] * (BC * KB + BT * KB) * 2,
+                       elems=BC * BC + 6 * BC * KB, smem=a["a_stages"] * BC * KB * 8,
                        iters=cd(K, KB), loop=loop, once=(0, 0, BC * BT * 2, 0, BC * BT),
-                       serial=BC * 100)                 # a column's row sum: shuffles across lanes
+                       serial=BC * 100 + pairs * 40)    # a column's row sum: shuffles across lanes
 
     def wy(a):
         BT = a["BT"]

@@ -23,7 +23,7 @@ a fixed set of templates (`templates/chunked_*.jinja`) specialised on the facts
     decay: none | scalar | key        transition: plain | householder (n substeps)
     coeff: none | plain | log         normaliser: yes (stabilised, mLSTM) | no
 
-so a new spec of the family needs no new code (tests/test_chunked.py has two).
+so a new spec of the family needs no new code (tests/test_chunked.py has three).
 
 Kernels (BT = chunk length in substeps, from the solver per call with every kernel's V block,
 warps and pipeline stages: `recc.tiles`, templates/chunked.constraints; grids over chunks of all sequences,
@@ -53,28 +53,31 @@ or over (sequence, head) for the passes; varlen through cu_seqlens tables):
   States are stored by the forward (h, in the inputs' type), not recomputed.
 
 exp() is never taken of a positive number: scalar decays only appear as differences
-G_i - G_j with i >= j. Per-key decays (GLA) use secondary chunking (GLA paper, sec. 4): rows
-in sub-chunks of BC (16 or 32); a pair of sub-chunks (i, j < i) is one tl.dot whose factors
-are both scaled against a reference row r between them, q_i exp(G_i - G_r) and
-k_j exp(G_r - G_j) (both exponents <= 0, since G decreases); a sub-chunk's own [BC, BC]
-diagonal block takes per-element exp(G_ik - G_jk), i >= j, a row or column at a time. No
-work goes to pairs above the diagonal beyond the masked half of the diagonal blocks:
-chunk_fwd_A takes one sub-chunk's rows (r its first row: one [BC, K] x [K, BT] tl.dot for
-the earlier columns, masked to them, then the diagonal block) and stores A once, which o and
-dv load (A costs 2 BT bytes per step and head to store and 4 BT to read twice; recomputing
-it costs BC K exps per step and head, in each of o's and dv's V blocks). The backward's dA
-= do v^T comes with dv (its own loads of do); chunk_bwd_dqk walks one chunk's sub-chunks
-last to first: dq's earlier-sub-chunk part against the sub-chunk's first row, dk's
-later-sub-chunk part against its last row, the diagonal per element, and the reverse
-cumsum of dG carried from the later sub-chunks (started at the chunk-end term, computed
-first). mLSTM's exp input gates
-use the max-state stabiliser: states kept as S exp(-m), row stabilisers m_i, the
-denominator max(|n.q|, floor exp(-m_i)); the backward passes dS exp(m) so that it too stays
-in range, and gives the gradients of the exact function (m is a constant of it).
+G_i - G_j with i >= j. Per-key decays (GLA) use secondary chunking (the GLA paper, sec. 4):
+rows in sub-chunks of BC (16 or 32); a pair of sub-chunks (i, j < i) is one tl.dot whose
+factors are both scaled against a reference row r between them, q_i exp(G_i - G_r) and
+k_j exp(G_r - G_j) (both exponents <= 0: G decreases along the chunk); a sub-chunk's own
+[BC, BC] diagonal block takes per-element exp(G_ik - G_jk), i >= j, a column or row at a
+time. No work goes above the diagonal beyond the masked half of the diagonal blocks.
+`chunk_fwd_A` takes one sub-chunk's rows (r its first row; a [BC, K] x [K, BC] tl.dot per
+earlier sub-chunk, then the diagonal block, zeros above it) and stores A in the inputs'
+type, which o and dv load: A costs 2 BT bytes per step and head to store and 4 BT to read
+twice, where recomputing it costs BC K exps per step and head in each of o's and dv's V
+blocks. The backward's dA = scale do v^T comes out of dv (fp32, one part per V block).
+`chunk_bwd_dqk` walks a chunk's sub-chunks last to first: the state parts, dq's part from
+the earlier sub-chunks (against the sub-chunk's first row) and dk's from the later ones
+(against its last row), a [BC, BC] x [BC, K] tl.dot on dA per pair, the diagonal per
+element, and dG's reverse cumsum carried from the later sub-chunks, started at the
+chunk-end term <S_end, dS> (S_end: the next chunk's stored state, or the final state).
+mLSTM's exp input gates use the max-state stabiliser: states kept as S exp(-m), row
+stabilisers m_i, the denominator max(|n.q|, floor exp(-m_i)); the backward passes dS exp(m)
+so that it too stays in range, and gives the gradients of the exact function (m is a
+constant of it).
 
 Status (CPU interpreter, tests/test_chunked.py): outputs, final states and all gradients
 match the float64 reference (fp32 < 1e-4, bf16 < 2e-2) for simple_gla, retnet, mamba2,
-gla, mlstm, delta_net, gated_delta_net, delta_product (n = 2), ragged T and varlen.
+gla, mlstm, delta_net, gated_delta_net, delta_product (n = 2) and three specs of the tests
+(scalar decay, per-key decay, householder), ragged T and varlen.
 Kernels compile for sm_90; GPU timings come from benchmarks/chunked_gpu_check.py.
 Limits: K <= 256 in one tile for the state passes; int32 offsets (the host refuses
 B*T*H*n*max(K, V) or chunks*H*K*V >= 2**31, and with per-key decays B*T*H*BT times dv's
