@@ -567,7 +567,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                        iters=cd(K, KB), loop=(flops, hbm + plain * KB * BV * 2, 0, l2, ops), once=once)
 
     def dqk_key(a):
-        """Per-key decays: per (K block, chunk) a pass over V for the chunk-end term (<S_end, dS>), then
+        """Per-key decays: per (K block, chunk) a pass over V for the chunk-end term (v dS^T), then
         per sub-chunk (the loop's iterations) its state parts over V, the NC - 1 other sub-chunks
         ([BC, BC] x [BC, KB] tl.dot's on dA, which dv stored: L2), BC rows of per-element exps,
         dq, dk, dG stored."""
@@ -580,9 +580,10 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         loop = (2 * 2 * BC * V * KB + pairs * 2 * BC * BC * KB, BC * KB * 8 + own, BC * KB * 8,
                 others + 2 * KB * V * 2 + pairs * (BC * KB * 6 + BC * BC * 4) + BC * (3 * KB * 2 + 2 * BC * 4),
                 2 * BC * V + pairs * 4 * BC * KB + BC * KB * 10 + BC * BC * KB * 12)
-        once = (0, 2 * KB * V * 2, 0, 0, 3 * KB * V)
+        v_hbm, v_l2 = shared(BT * V * 2, nk)
+        once = (2 * BT * V * KB, 2 * KB * V * 2 + v_hbm + BT * KB * 6, 0, v_l2, 3 * KB * V + 6 * BT * KB)
         return _kernel(hw, CODE["chunked"], programs=nk * NT * H, warps=a["dqk_warps"], stages=a["dqk_stages"],
-                       elems=12 * BC * KB + (2 * BC * BV + 2 * KB * BV) // 2 + 2 * KB * BV,
+                       elems=12 * BC * KB + (2 * BC * BV + 2 * KB * BV) // 2 + BT * KB,
                        smem=a["dqk_stages"] * (2 * BC * BV + 2 * KB * BV) * 2 + 2 * BC * KB * 2,
                        iters=nc, loop=loop, once=once,
                        serial=(BC + nv + pairs) * 40)  # the diagonal's rows, V blocks, pairs: an L1 load each

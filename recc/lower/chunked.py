@@ -67,8 +67,8 @@ blocks. The backward's dA = scale do v^T comes out of dv (fp32, one part per V b
 `chunk_bwd_dqk` walks a chunk's sub-chunks last to first: the state parts, dq's part from
 the earlier sub-chunks (against the sub-chunk's first row) and dk's from the later ones
 (against its last row), a [BC, BC] x [BC, K] tl.dot on dA per pair, the diagonal per
-element, and dG's reverse cumsum carried from the later sub-chunks, started at the
-chunk-end term <S_end, dS> (S_end: the next chunk's stored state, or the final state).
+element, and dG's reverse cumsum carried from the later sub-chunks (started at the
+chunk-end term, computed first from the chunk's k, v, the state and dS).
 mLSTM's exp input gates use the max-state stabiliser: states kept as S exp(-m), row
 stabilisers m_i, the denominator max(|n.q|, floor exp(-m_i)); the backward passes dS exp(m)
 so that it too stays in range, and gives the gradients of the exact function (m is a
