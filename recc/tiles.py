@@ -458,8 +458,8 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
     read too) and elementwise lane-ops. Per-key decays add the scores kernel a (per sub-chunk of
     BC rows: a [BC, KB] x [KB, BC] tl.dot per earlier sub-chunk and BC columns of per-element
     exps per K block), whose scores o and dv load; dv stores dA, which dqk takes
-    per sub-chunk (its state parts, a [BC, BC] x [BC, KB] tl.dot per other sub-chunk, BC rows
-    of per-element exps); householder transitions add the UT transform's kernels (its inverse: BC - 1
+    per sub-chunk (its rows of the chunk's state parts, a [BC, BC] x [BC, KB] tl.dot per other
+    sub-chunk, BC rows of per-element exps); householder transitions add the UT transform's kernels (its inverse: BC - 1
     dependent [BT, BT] tl.dot's inside the diagonal blocks, then BT / BC of the Neumann series)."""
     B, H, T = d["B"], d["H"], d["T"]
     K, V, KP, NS = d["K"], d["V"], c["KP"], c["NS"]
@@ -567,26 +567,27 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                        iters=cd(K, KB), loop=(flops, hbm + plain * KB * BV * 2, 0, l2, ops), once=once)
 
     def dqk_key(a):
-        """Per-key decays: per (K block, chunk) a pass over V for the chunk-end term (v dS^T), then
-        per sub-chunk (the loop's iterations) its state parts over V, the NC - 1 other sub-chunks
-        ([BC, BC] x [BC, KB] tl.dot's on dA, which dv stored: L2), BC rows of per-element exps,
-        dq, dk, dG stored."""
+        """Per-key decays: per (K block, chunk) a pass over V for the chunk's state parts and chunk-end
+        term (the epilogue here), then per sub-chunk (the loop's iterations) its rows of the state
+        parts (one-hot tl.dot's on two bf16 parts), the NC - 1 other sub-chunks ([BC, BC] x [BC, KB]
+        tl.dot's on dA, which dv stored: L2), BC rows of per-element exps, dq, dk, dG stored."""
         BT, BV, KB = a["BT"], a["dqk_BV"], min(a["BKS"], KP)
         BC = min(a["BC"], BT)
         NT, _ = chunks(BT)
         nk, nv, nc = cd(K, KB), cd(V, BV), BT // BC
-        own, others = shared(BC * V * 2 * 2, nk)            # do, v rows of the sub-chunk (every K block reads them)
         pairs = nc - 1                                       # earlier (dq) and later (dk) sub-chunks
-        loop = (2 * 2 * BC * V * KB + pairs * 2 * BC * BC * KB, BC * KB * 8 + own, BC * KB * 8,
-                others + 2 * KB * V * 2 + pairs * (BC * KB * 6 + BC * BC * 4) + BC * (3 * KB * 2 + 2 * BC * 4),
-                2 * BC * V + pairs * 4 * BC * KB + BC * KB * 10 + BC * BC * KB * 12)
-        v_hbm, v_l2 = shared(BT * V * 2, nk)
-        once = (2 * BT * V * KB, 2 * KB * V * 2 + v_hbm + BT * KB * 6, 0, v_l2, 3 * KB * V + 6 * BT * KB)
+        loop = (2 * 2 * 2 * BC * BT * KB + pairs * 2 * BC * BC * KB, 0, BC * KB * 8,
+                BC * KB * 8 + pairs * (BC * KB * 6 + BC * BC * 4) + BC * (3 * KB * 2 + 2 * BC * 4) + BC * BC * 4,
+                BC * BT + pairs * 4 * BC * KB + BC * KB * 10 + BC * BC * KB * 12)
+        dv_hbm, dv_l2 = shared(2 * BT * V * 2, nk)           # do, v (every K block reads them)
+        once = (2 * 2 * BT * V * KB, 2 * KB * V * 2 + dv_hbm + BT * KB * 6, 0, dv_l2, 3 * KB * V + 12 * BT * KB)
         return _kernel(hw, CODE["chunked"], programs=nk * NT * H, warps=a["dqk_warps"], stages=a["dqk_stages"],
-                       elems=12 * BC * KB + (2 * BC * BV + 2 * KB * BV) // 2 + BT * KB,
-                       smem=a["dqk_stages"] * (2 * BC * BV + 2 * KB * BV) * 2 + 2 * BC * KB * 2,
+                       # registers: fit to ptxas on sm_90 (BT = 64, 4 and 8 warps)
+                       elems=3 * BT * KB + 4 * BC * KB + BT * BV + KB * BV,
+                       smem=a["dqk_stages"] * (2 * BT * BV + 2 * KB * BV) * 2 + 4 * BT * KB * 2,
                        iters=nc, loop=loop, once=once,
-                       serial=(BC + nv + pairs) * 40)  # the diagonal's rows, V blocks, pairs: an L1 load each
+                       serial=(BC + pairs) * 40 + nv * 100)  # the diagonal's rows, pairs: an L1 load each;
+                                                             # the V blocks of the state parts
 
     def dqk(a):
         BT, BV, KB = a["BT"], a["dqk_BV"], min(a["BKS"], KP)

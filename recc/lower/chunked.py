@@ -64,11 +64,12 @@ earlier sub-chunk, then the diagonal block, zeros above it) and stores A in the 
 type, which o and dv load: A costs 2 BT bytes per step and head to store and 4 BT to read
 twice, where recomputing it costs BC K exps per step and head in each of o's and dv's V
 blocks. The backward's dA = scale do v^T comes out of dv (fp32, one part per V block).
-`chunk_bwd_dqk` walks a chunk's sub-chunks last to first: the state parts, dq's part from
+`chunk_bwd_dqk` takes the state parts of dq, dk and dG's chunk-end term for the whole chunk
+(one pass over V), then walks the sub-chunks last to first: its rows of the state parts (a
+one-hot tl.dot on bf16 parts of them: two, 16 bits; three for fp32 inputs), dq's part from
 the earlier sub-chunks (against the sub-chunk's first row) and dk's from the later ones
 (against its last row), a [BC, BC] x [BC, K] tl.dot on dA per pair, the diagonal per
-element, and dG's reverse cumsum carried from the later sub-chunks (started at the
-chunk-end term, computed first from the chunk's k, v, the state and dS).
+element, and dG's reverse cumsum carried from the later sub-chunks.
 mLSTM's exp input gates use the max-state stabiliser: states kept as S exp(-m), row
 stabilisers m_i, the denominator max(|n.q|, floor exp(-m_i)); the backward passes dS exp(m)
 so that it too stays in range, and gives the gradients of the exact function (m is a
