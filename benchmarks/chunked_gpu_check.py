@@ -198,10 +198,11 @@ def anchor_fns(spec, rec, args):
 
 def tune(spec, B, T, H, rep, base: dict):
     """Coordinate descent over the tiles at one shape, from the solver's choice (`recc.tiles`)
-    with `base` (--tiles) on top: each kernel's (BV, num_warps, num_stages), then BKS, BT and BI;
-    keeps a change when fwd+bwd gets faster. Prints and returns the best tiles (the host code's
-    names: BT, BKS, <kernel>_BV, ...; pass them back with --tiles)."""
-    from recc.lower.chunked import KERNELS, chunked_overrides
+    with `base` (--tiles) on top: each kernel's (BV, num_warps, num_stages) (or (num_warps,
+    num_stages) without a V block), then BKS, BT and, where the spec has them, BI (householder) and
+    BC (per-key decays); keeps a change when fwd+bwd gets faster. Prints and returns the best tiles
+    (the host code's names: BT, BKS, <kernel>_BV, ...; pass them back with --tiles)."""
+    from recc.lower.chunked import KERNELS, NO_V_BLOCK, chunked_overrides
     from recc.tiles import launch_tiles
     rec0, module0 = load_module(spec, None)
     args, _ = make_inputs(rec0, B, T, H, torch.bfloat16, DEVICE)
@@ -227,9 +228,12 @@ def tune(spec, B, T, H, rep, base: dict):
     options = {k: [(bv, w, st) for bv in (32, 64, 128) for w in (4, 8) for st in (1, 2, 3)] for k in KERNELS}
     options["h"] = options["dh"] = [(bv, w, st) for bv in (16, 32, 64) for w in (4, 8) for st in (1, 2)]
     options["wy"] = options["wyb"] = [(bv, w, st) for bv in (16, 32, 64, 128) for w in (2, 4, 8) for st in (1, 2)]
-    for key, opts in list(options.items()) + [("BKS", [32, 64, 128]), ("BT", [32, 64, 128]), ("BI", [4, 8, 16])]:
-        if (key in KERNELS and f"{key}_BV" not in best) or (key == "BI" and "BI" not in best):
-            continue                                   # a kernel (or tile) this spec does not launch
+    options.update({k: [(w, st) for w in (2, 4, 8) for st in (1, 2, 3)] for k in NO_V_BLOCK})
+    shared = [("BKS", [32, 64, 128]), ("BT", [32, 64, 128])] + ([("BI", [4, 8, 16])] if "BI" in best else []) \
+        + ([("BC", [16, 32])] if "BC" in best else [])
+    for key, opts in list(options.items()) + shared:
+        if key in KERNELS and f"{key}_warps" not in best:
+            continue                                   # a kernel this spec does not launch
         for opt in opts:
             trial = dict(best, **chunked_overrides({key: opt}))
             ms = measure(trial)

@@ -435,7 +435,7 @@ def scan_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
 
 # chunked -----------------------------------------------------------------------------------
 
-CHUNKED_KERNELS = ("wy", "h", "o", "dv", "dh", "dqk", "wyb")
+CHUNKED_KERNELS = ("wy", "a", "h", "o", "dv", "dh", "dqk", "wyb")
 
 
 def chunked_consts(d: dict, s: dict, hw: Hardware) -> dict:
@@ -446,8 +446,10 @@ def chunked_consts(d: dict, s: dict, hw: Hardware) -> dict:
 
 
 def chunked_kernels(s: dict) -> tuple:
-    """The kernels a spec of this shape launches (householder transitions add wy and wyb)."""
-    return tuple(k for k in CHUNKED_KERNELS if s["householder"] or k not in ("wy", "wyb"))
+    """The kernels a spec of this shape launches (householder transitions add wy and wyb, per-key
+    decays the scores kernel a)."""
+    return tuple(k for k in CHUNKED_KERNELS if (s["householder"] or k not in ("wy", "wyb"))
+                 and (s["per_key"] or k != "a"))
 
 
 def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
@@ -455,9 +457,11 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
     programs, registers (fp32 values; bf16 operand tiles two to a register) and shared memory
     as the constraints count them, and per loop iteration and per program the tensor FLOPs,
     HBM loads and stores, L2 loads (a tile the other V blocks, or K blocks, of the same chunk
-    read too) and elementwise lane-ops. Per-key decays recompute the chunk's scores in every V
-    block of o and dv (secondary chunking: BT / BC - 1 masked tl.dot's and BC columns of
-    per-element exps per K block); householder transitions add the UT transform's kernels
+    read too) and elementwise lane-ops. Per-key decays add the scores kernel a (per sub-chunk of
+    BC rows: a [BC, KB] x [KB, BC] tl.dot per earlier sub-chunk and BC columns of per-element
+    exps per K block), whose scores o and dv load; dv stores dA, which dqk takes
+    per sub-chunk (its rows of the chunk's state parts, a [BC, BC] x [BC, KB] tl.dot per other
+    sub-chunk, BC rows of per-element exps); householder transitions add the UT transform's kernels
     (its inverse: BI - 1 dependent forward-substitution steps in lane arithmetic inside the
     diagonal blocks of BI rows, UT_STEP step latencies each, then log2(BT / BI) merges of two dependent
     [BT, BT] tl.dot's, one step latency each)."""
@@ -476,9 +480,22 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
     def chunks(BT):
         return B * cd(T * NS, BT), cd(T * NS, BT)        # chunks of all sequences, per sequence
 
-    def scores(BT, KB, BC):
-        """(FLOPs, lane-ops) of one K block of a chunk's secondary-chunked scores."""
-        return (BT // BC - 1) * 2 * BT * BT * KB, (BT // BC - 1) * 8 * BT * KB + BC * 12 * BT * KB
+    def a(a):
+        """Per-key decays: per (sub-chunk, chunk), the scores' rows [BC, BT] in [BC, BC] blocks; per K
+        block of KB: the diagonal block (BC columns of per-element exps, a row sum each) and, on
+        average, (NC - 1) / 2 earlier sub-chunks (a [BC, KB] x [KB, BC] tl.dot each, their rows
+        read by the chunk's other sub-chunks too: L2)."""
+        BT, KB = a["BT"], min(a["BKS"], KP)
+        BC = min(a["BC"], BT)
+        NT, _ = chunks(BT)
+        nc = BT // BC
+        pairs = (nc - 1) / 2
+        loop = (pairs * 2 * BC * BC * KB, BC * KB * 8, 0, pairs * BC * KB * 12 + BC * KB * 6,
+                pairs * 6 * BC * KB + BC * (8 * BC * KB + 2 * BC * BC))
+        return _kernel(hw, CODE["chunked"], programs=nc * NT * H, warps=a["a_warps"], stages=a["a_stages"],
+                       elems=BC * BC + 6 * BC * KB, smem=a["a_stages"] * BC * KB * 8,
+                       iters=cd(K, KB), loop=loop, once=(0, 0, BC * BT * 2, 0, BC * BT),
+                       serial=BC * 100 + pairs * 40)    # a column's row sum: shuffles across lanes
 
     def wy(a):
         BT = a["BT"]
@@ -529,15 +546,13 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         BTT = BT // NS
         NT, _ = chunks(BT)
         nv = cd(V, BV)
-        hbm, l2 = shared((BTT * KB + (1 - KEY) * BT * KB) * 2 + KEY * (BT * KB * 8), nv)
+        hbm, l2 = shared((BTT * KB + (1 - KEY) * BT * KB) * 2 + KEY * BTT * KB * 4, nv)
         flops = 2 * BTT * KB * BV + (1 - KEY) * 2 * BTT * KB * BT
-        ops = 2 * KB * BV + KEY * BTT * KB * 6
-        if KEY:
-            f, o_ = scores(BT, KB, a["BC"])
-            flops, ops = flops + f, ops + o_
-        once = (2 * BTT * BT * BV, BT * BV * 2, BTT * BV * 2, 0, BTT * BT * 6 + BTT * BV * 4)
+        ops = 2 * KB * BV + KEY * BTT * KB * 3
+        a_hbm, a_l2 = shared(KEY * BTT * BT * 2, nv)       # per-key decays: the scores from kernel a
+        once = (2 * BTT * BT * BV, BT * BV * 2 + a_hbm, BTT * BV * 2, a_l2, BTT * BT * 6 + BTT * BV * 4)
         return _kernel(hw, CODE["chunked"], programs=nv * NT * H, warps=a["o_warps"], stages=a["o_stages"],
-                       elems=BTT * BV + BT * BT + (BTT * KB + BT * KB + KB * BV + BT * BV) // 2 + KEY * 5 * BT * KB,
+                       elems=BTT * BV + BT * BT + (BTT * KB + BT * KB + KB * BV + BT * BV) // 2 + KEY * BTT * KB,
                        smem=a["o_stages"] * (BTT * KB + BT * KB + KB * BV) * 2 + (BT * BT + BT * BV) * 2,
                        iters=cd(K, KB), loop=(flops, hbm + KB * BV * 2, 0, l2, ops), once=once)
 
@@ -547,18 +562,41 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         NT, _ = chunks(BT)
         nv = cd(V, BV)
         plain = 1 - HH
-        hbm, l2 = shared((BT * KB + KB * BTT) * 2 + KEY * BT * KB * 4, nv)
-        flops = 2 * BT * KB * BTT + plain * 2 * BT * KB * BV
-        ops = plain * 2 * KB * BV
-        if KEY:
-            f, o_ = scores(BT, KB, a["BC"])
-            flops, ops = flops + f, ops + o_
-        once = (2 * BT * BTT * BV, BTT * BV * 2, BT * BV * (4 if HH else 2), 0, BT * BTT * 6 + BT * BV * 5)
+        # per-key decays: k and G (fp32) instead of k and q; the scores from kernel a; dA = do v^T stored
+        hbm, l2 = shared(BT * KB * 2 + (1 - KEY) * KB * BTT * 2 + KEY * BT * KB * 4, nv)
+        flops = (1 - KEY) * 2 * BT * KB * BTT + plain * 2 * BT * KB * BV
+        ops = plain * 2 * KB * BV + KEY * BT * KB * 3
+        a_hbm, a_l2 = shared(KEY * BT * BT * 2, nv)
+        once = (2 * BT * BTT * BV * (1 + KEY), BTT * BV * 2 + KEY * BT * BV * 2 + a_hbm,
+                BT * BV * (4 if HH else 2) + KEY * BT * BT * 4, a_l2, BT * BTT * 6 + BT * BV * 5 + KEY * BT * BT * 2)
         return _kernel(hw, CODE["chunked"], programs=nv * NT * H, warps=a["dv_warps"], stages=a["dv_stages"],
                        elems=BT * BTT + 2 * BT * BV + (2 * BT * KB + KB * BV + BT * BV) // 2
-                       + KEY * (5 * BT * KB + BT * BT),
+                       + KEY * (BT * KB + BT * BT),
                        smem=a["dv_stages"] * (2 * BT * KB + KB * BV) * 2 + (BT * BT + BT * BV) * 2,
                        iters=cd(K, KB), loop=(flops, hbm + plain * KB * BV * 2, 0, l2, ops), once=once)
+
+    def dqk_key(a):
+        """Per-key decays: per (K block, chunk) a pass over V for the chunk's state parts and chunk-end
+        term (the epilogue here), then per sub-chunk (the loop's iterations) its rows of the state
+        parts (one-hot tl.dot's on two bf16 parts), the NC - 1 other sub-chunks ([BC, BC] x [BC, KB]
+        tl.dot's on dA, which dv stored: L2), BC rows of per-element exps, dq, dk, dG stored."""
+        BT, BV, KB = a["BT"], a["dqk_BV"], min(a["BKS"], KP)
+        BC = min(a["BC"], BT)
+        NT, _ = chunks(BT)
+        nk, nv, nc = cd(K, KB), cd(V, BV), BT // BC
+        pairs = nc - 1                                       # earlier (dq) and later (dk) sub-chunks
+        loop = (2 * 2 * 2 * BC * BT * KB + pairs * 2 * BC * BC * KB, 0, BC * KB * 8,
+                BC * KB * 8 + pairs * (BC * KB * 6 + BC * BC * 4) + BC * (3 * KB * 2 + 2 * BC * 4) + BC * BC * 4,
+                BC * BT + pairs * 4 * BC * KB + BC * KB * 10 + BC * BC * KB * 12)
+        dv_hbm, dv_l2 = shared(2 * BT * V * 2, nk)           # do, v (every K block reads them)
+        once = (2 * 2 * BT * V * KB, 2 * KB * V * 2 + dv_hbm + BT * KB * 6, 0, dv_l2, 3 * KB * V + 12 * BT * KB)
+        return _kernel(hw, CODE["chunked"], programs=nk * NT * H, warps=a["dqk_warps"], stages=a["dqk_stages"],
+                       # registers: fit to ptxas on sm_90 (BT = 64, 4 and 8 warps)
+                       elems=3 * BT * KB + 4 * BC * KB + BT * BV + KB * BV,
+                       smem=a["dqk_stages"] * (2 * BT * BV + 2 * KB * BV) * 2 + 4 * BT * KB * 2,
+                       iters=nc, loop=loop, once=once,
+                       serial=(BC + pairs) * 40 + nv * 100)  # the diagonal's rows, pairs: an L1 load each;
+                                                             # the V blocks of the state parts
 
     def dqk(a):
         BT, BV, KB = a["BT"], a["dqk_BV"], min(a["BKS"], KP)
@@ -568,12 +606,10 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         hbm, l2 = shared((BT * BV + BTT * BV) * 2 + HH * BT * BV * 4, nk)
         loop = (2 * BV * (BTT * KB + BT * KB + BTT * BT) + HH * 2 * BT * BV * KB, hbm + 2 * KB * BV * 2, 0, l2,
                 2 * KB * BV + BT * BV + HH * BT * BV)
-        extra = 2 * min(a.get("BC", 16), BT) * 12 * BT * KB if KEY else 0
         once = (2 * 2 * BTT * BT * KB, (BTT * KB + BT * KB) * 2, (BTT * KB + BT * KB) * 2 + BT * 4 * (gated + 1), 0,
-                BTT * BT * 6 + 4 * BT * KB + extra)
+                BTT * BT * 6 + 4 * BT * KB)
         return _kernel(hw, CODE["chunked"], programs=nk * NT * H, warps=a["dqk_warps"], stages=a["dqk_stages"],
-                       elems=2 * BT * KB + BT * BT + HH * (BT * KB + BT * BV) + (2 * BT * BV + 2 * KB * BV) // 2
-                       + KEY * 4 * BT * KB,
+                       elems=2 * BT * KB + BT * BT + HH * (BT * KB + BT * BV) + (2 * BT * BV + 2 * KB * BV) // 2,
                        smem=a["dqk_stages"] * (2 * BT * BV + 2 * KB * BV + HH * 2 * BT * BV) * 2
                        + (BT * BT + BT * KB) * 2,
                        iters=cd(V, BV), loop=loop, once=once)
@@ -591,11 +627,12 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                        smem=a["wyb_stages"] * BT * BV * 6 + BT * BT * 4 + BT * KB * 2,
                        iters=cd(V, BV), loop=loop, once=once)
 
-    bc = ("BC",) if KEY else ()
-    kernels = {"wy": (wy, ("BT", "BI")), "h": (h, ("BT",)), "o": (o, ("BT", "BKS") + bc),
-               "dv": (dv, ("BT", "BKS") + bc), "dh": (dh, ("BT",)), "dqk": (dqk, ("BT", "BKS") + bc),
+    kernels = {"wy": (wy, ("BT", "BI")), "a": (a, ("BT", "BKS", "BC")), "h": (h, ("BT",)), "o": (o, ("BT", "BKS")),
+               "dv": (dv, ("BT", "BKS")), "dh": (dh, ("BT",)),
+               "dqk": (dqk_key, ("BT", "BKS", "BC")) if KEY else (dqk, ("BT", "BKS")),
                "wyb": (wyb, ("BT", "BKS"))}
-    return [(k, kernels[k][1] + (f"{k}_BV", f"{k}_warps", f"{k}_stages"), kernels[k][0]) for k in chunked_kernels(s)]
+    return [(k, kernels[k][1] + tuple(f"{k}_{p}" for p in (("warps", "stages") if k == "a" else ("BV", "warps", "stages"))),
+             kernels[k][0]) for k in chunked_kernels(s)]
 
 
 @dataclass(frozen=True)

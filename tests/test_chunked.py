@@ -24,7 +24,8 @@ from recc.primitives import sample_input
 from recc.reference import reference
 from recc.signature import bind
 
-# New members of the family need no new code: two specs written for these tests.
+# New members of the family need no new code: three specs written for these tests (scalar decay,
+# per-key decay, householder transition).
 INLINE = {
     "gated_custom": """
 recurrence gated_custom
@@ -37,6 +38,16 @@ recurrence gated_custom
   let    lam = sigmoid(a) * 0.5 + 0.25
   S = lam * exp(w) * S + (2.0 * tanh(z) + 3.0) * outer(l2norm(k) * 0.5, v)
   output o[V] = S^T @ (q * sigmoid(z)) * scale * 2.0 - 0.5 * v
+""",
+    "key_custom": """
+recurrence key_custom
+  dims   K, V
+  input  q[K], k[K], v[V]
+  input  a[K], z
+  const  scale = K ** -0.5
+  state  S[K, V]
+  S = diag(sigmoid(a)) @ S + (2.0 * sigmoid(z)) * outer(l2norm(k), v)
+  output o[V] = S^T @ (q * sigmoid(z)) * scale - 0.5 * v
 """,
     "delta_custom": """
 recurrence delta_custom
@@ -66,16 +77,14 @@ TILES = {"BT": 16, "BC": 8, "BI": 4, "BKS": 8, "BV": 8}  # every loop and split 
 D = 16  # K = V = 16
 
 
-@pytest.fixture(scope="session")
-def compiled(tmp_path_factory):
-    """spec name -> the imported module of its lowered source (compiled once per session)."""
-    root = tmp_path_factory.mktemp("chunked")
+def _compiler(root, tiles):
+    """spec name -> (rec, the imported module of its source lowered with `tiles`), cached."""
     cache = {}
 
     def get(spec: str):
         if spec not in cache:
             rec = recc.check(INLINE[spec], f"<{spec}>") if spec in INLINE else recc.load_spec(f"specs/{spec}.rec")
-            source = lower_chunked(rec, tiles=TILES).source
+            source = lower_chunked(rec, tiles=tiles).source
             path = root / f"{spec}_{hashlib.sha1(source.encode()).hexdigest()[:8]}.py"
             path.write_text(source)
             module_spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -84,6 +93,12 @@ def compiled(tmp_path_factory):
             cache[spec] = (rec, module)
         return cache[spec]
     return get
+
+
+@pytest.fixture(scope="session")
+def compiled(tmp_path_factory):
+    """spec name -> the imported module of its lowered source (compiled once per session)."""
+    return _compiler(tmp_path_factory.mktemp("chunked"), TILES)
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -212,6 +227,14 @@ def test_mlstm_stabiliser_keeps_large_input_gates_finite(compiled):
     """exp(i) up to e^40: without the max-state the fp32 states would lose the small terms."""
     big = lambda shape, ann, gen: 20.0 + 10.0 * torch.randn(shape, generator=gen, dtype=torch.float64)
     oracle_check(compiled, "mlstm", T=40, sample={"i": big})
+
+
+def test_gla_four_sub_chunks(tmp_path):
+    """Per-key decays with four sub-chunks per chunk (BT = 32, BC = 8): several earlier and later
+    sub-chunks per sub-chunk; a ragged last chunk and varlen sequences ending mid-sub-chunk."""
+    compiled = _compiler(tmp_path, {**TILES, "BT": 32})
+    oracle_check(compiled, "gla", T=75)
+    oracle_check(compiled, "gla", T=40, varlen=True)
 
 
 def test_gla_strong_per_key_decays(compiled):

@@ -300,8 +300,8 @@ def test_the_variables_are_the_launch_parameters_of_the_host_code(family):
     expected = {"recurrent": {"BV", "BV_bwd", "CHUNK", "num_warps", "num_warps_bwd"},
                 "cell": {"BB", "num_warps", "RESIDENT"},
                 "scan": {"BT", "BD", "num_warps", "BT_bwd", "BD_bwd", "num_warps_bwd"},
-                "chunked": {"BT", "BC", "BI", "BKS"} | {f"{k}_{p}" for k in ("wy", "h", "o", "dv", "dh", "dqk", "wyb")
-                                                  for p in ("BV", "warps", "stages")}}
+                "chunked": {"BT", "BC", "BI", "BKS", "a_warps", "a_stages"}   # a (per-key scores) has no V block
+                | {f"{k}_{p}" for k in ("wy", "h", "o", "dv", "dh", "dqk", "wyb") for p in ("BV", "warps", "stages")}}
     assert names == expected[family]
 
 
@@ -350,7 +350,7 @@ def test_recc_check_json_includes_tiles(capsys):
     assert tiles["hardware"]["name"] == "H100" and tiles["hardware"]["sms"] == 132
     chunked = tiles["kernels"]["chunked"]
     assert {"BT", "BC", "BKS", "o_BV", "o_warps", "o_stages", "dqk_BV"} <= set(chunked["assignment"])
-    assert set(chunked["terms"]) == {"h", "o", "dv", "dh", "dqk"}
+    assert set(chunked["terms"]) == {"a", "h", "o", "dv", "dh", "dqk"}    # per-key decays: the scores kernel a
     assert chunked["objective_unit"] == "seconds" and chunked["objective"] > 0 and isinstance(chunked["binding"], list)
     assert set(tiles["kernels"]) == {"chunked", "recurrent"}
 

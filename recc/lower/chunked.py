@@ -28,7 +28,7 @@ a fixed set of templates (`templates/chunked_*.jinja`) specialised on the facts
     decay: none | scalar | key        transition: plain | householder (n substeps)
     coeff: none | plain | log         normaliser: yes (stabilised, mLSTM) | no
 
-so a new spec of the family needs no new code (tests/test_chunked.py has two).
+so a new spec of the family needs no new code (tests/test_chunked.py has three).
 
 Kernels (BT = chunk length in substeps, from the solver per call with every kernel's V block,
 warps and pipeline stages: `recc.tiles`, templates/chunked.constraints; grids over chunks of all sequences,
@@ -44,8 +44,13 @@ or over (sequence, head) for the passes; varlen through cu_seqlens tables):
   W = T (beta exp(G) K), U = T (c V) with fp32 operands.
 * `chunk_fwd_h`: per (sequence, head, V block), the state passed over the chunks; stores
   the state at each chunk start (householder: and v_new = U - W h, fp32).
-* `chunk_fwd_o`: per (V block, chunk), o = exp(G) q h + (q k^T * exp(G_i - G_j), causal) v.
-* backward: `chunk_bwd_dv` (the intra-chunk dv; householder: its local part), `chunk_bwd_dh`
+* per-key decays, `chunk_fwd_A`: per (sub-chunk, chunk), the scores' rows
+  A_ij = sum_k q_ik k_jk exp(G_ik - G_jk), j <= i (secondary chunking, below), stored in the
+  inputs' type and saved for the backward.
+* `chunk_fwd_o`: per (V block, chunk), o = exp(G) q h + (q k^T * exp(G_i - G_j), causal) v
+  (per-key decays: A v, A loaded).
+* backward: `chunk_bwd_dv` (the intra-chunk dv; householder: its local part; per-key decays:
+  A^T do from the saved A, and the V block's part of dA = do v^T), `chunk_bwd_dh`
   (dS passed backward over chunks, stored at each chunk end; householder: adds the state
   part of dv_new), `chunk_bwd_dqk` per (K block, chunk): dq, dk and that K block's share of
   the log-decay gradient from the cumulative-gate identity dG_i = q_i.dq_i - k_i.dk_i
@@ -56,22 +61,38 @@ or over (sequence, head) for the passes; varlen through cu_seqlens tables):
   States are stored by the forward (h, in the inputs' type), not recomputed.
 
 exp() is never taken of a positive number: scalar decays only appear as differences
-G_i - G_j with i >= j. Per-key decays (GLA) use secondary chunking: rows in sub-chunks of
-16; a sub-chunk's earlier columns come from one tl.dot with both factors scaled against
-the row just before the sub-chunk (q exp(G_i - G_ref), k exp(G_ref - G_j), both <= 1), its
-diagonal block column by column with per-element exp(G_ik - G_jk). mLSTM's exp input gates
-use the max-state stabiliser: states kept as S exp(-m), row stabilisers m_i, the
-denominator max(|n.q|, floor exp(-m_i)); the backward passes dS exp(m) so that it too stays
-in range, and gives the gradients of the exact function (m is a constant of it). Its
+G_i - G_j with i >= j. Per-key decays (GLA) use secondary chunking (the GLA paper, sec. 4):
+rows in sub-chunks of BC (16 or 32); a pair of sub-chunks (i, j < i) is one tl.dot whose
+factors are both scaled against a reference row r between them, q_i exp(G_i - G_r) and
+k_j exp(G_r - G_j) (both exponents <= 0: G decreases along the chunk); a sub-chunk's own
+[BC, BC] diagonal block takes per-element exp(G_ik - G_jk), i >= j, a column or row at a
+time. No work goes above the diagonal beyond the masked half of the diagonal blocks.
+`chunk_fwd_A` takes one sub-chunk's rows (r its first row; a [BC, K] x [K, BC] tl.dot per
+earlier sub-chunk, then the diagonal block, zeros above it) and stores A in the inputs'
+type, which o and dv load: A costs 2 BT bytes per step and head to store and 4 BT to read
+twice, where recomputing it costs BC K exps per step and head in each of o's and dv's V
+blocks. The backward's dA = scale do v^T comes out of dv (fp32, one part per V block).
+`chunk_bwd_dqk` takes the state parts of dq, dk and dG's chunk-end term for the whole chunk
+(one pass over V), then walks the sub-chunks last to first: its rows of the state parts (a
+one-hot tl.dot on bf16 parts of them: two, 16 bits; three for fp32 inputs), dq's part from
+the earlier sub-chunks (against the sub-chunk's first row) and dk's from the later ones
+(against its last row), a [BC, BC] x [BC, K] tl.dot on dA per pair, the diagonal per
+element, and dG's reverse cumsum carried from the later sub-chunks.
+mLSTM's exp input gates use the max-state stabiliser: states kept as S exp(-m), row
+stabilisers m_i, the denominator max(|n.q|, floor exp(-m_i)); the backward passes dS exp(m)
+so that it too stays in range, and gives the gradients of the exact function (m is a
+constant of it). Its
 backward starts with `chunk_bwd_rows`: per row, scale / den and the denominator's gradient
 from do.o; the output o is saved by the op's autograd wrapper (`_SAVED_OUTPUTS`), not copied.
 
 Status (CPU interpreter, tests/test_chunked.py): outputs, final states and all gradients
 match the float64 reference (fp32 < 1e-4, bf16 < 2e-2) for simple_gla, retnet, mamba2,
-gla, mlstm, delta_net, gated_delta_net, delta_product (n = 2), ragged T and varlen.
+gla, mlstm, delta_net, gated_delta_net, delta_product (n = 2) and three specs of the tests
+(scalar decay, per-key decay, householder), ragged T and varlen.
 Kernels compile for sm_90; GPU timings come from benchmarks/chunked_gpu_check.py.
 Limits: K <= 256 in one tile for the state passes; int32 offsets (the host refuses
-B*T*H*n*max(K, V) or chunks*H*K*V >= 2**31); per-key decays with householder
+B*T*H*n*max(K, V) or chunks*H*K*V >= 2**31, and with per-key decays B*T*H*BT times dv's
+V blocks); per-key decays with householder
 transitions, decays inside later substeps, and states read before their update are
 not of this family (`NotChunked`).
 """
@@ -677,22 +698,28 @@ def _roles(form: ChunkedForm, dims: dict):
     return values, lines
 
 
-KERNELS = ("wy", "h", "o", "dv", "dh", "dqk", "wyb")
+KERNELS = ("wy", "a", "h", "o", "dv", "dh", "dqk", "wyb")
+NO_V_BLOCK = ("a",)   # kernels without a V block: <kernel>_warps, <kernel>_stages only
 SHARED = ("BT", "BC", "BI", "BKS")
 
 
 def chunked_overrides(tiles: dict | None) -> dict:
     """Tile overrides in the host code's names (`_TILES`): BT, BC, BI, BKS and <kernel>_BV,
     <kernel>_warps, <kernel>_stages; also accepted: `BV` (every kernel's V block, tests use it)
-    and <kernel>: (BV, num_warps, num_stages)."""
+    and <kernel>: (BV, num_warps, num_stages), or (num_warps, num_stages) for a kernel without
+    a V block (`NO_V_BLOCK`)."""
     out = {}
     for key, value in (tiles or {}).items():
         if key == "BV":
-            out.update({f"{k}_BV": value for k in KERNELS})
+            out.update({f"{k}_BV": value for k in KERNELS if k not in NO_V_BLOCK})
+        elif key in NO_V_BLOCK:
+            warps, stages = value[-2:]
+            out.update({f"{key}_warps": warps, f"{key}_stages": stages})
         elif key in KERNELS:
             bv, warps, stages = value
             out.update({f"{key}_BV": bv, f"{key}_warps": warps, f"{key}_stages": stages})
-        elif key in SHARED or (key.split("_", 1)[0] in KERNELS and key.split("_", 1)[-1] in ("BV", "warps", "stages")):
+        elif key in SHARED or (key.split("_", 1)[0] in KERNELS and key.split("_", 1)[-1] in ("BV", "warps", "stages")
+                               and not (key.split("_", 1)[0] in NO_V_BLOCK and key.endswith("_BV"))):
             out[key] = value
         else:
             raise ReccError(f"unknown chunked tile {key!r}: expected one of {', '.join(SHARED)}, BV, a kernel "
