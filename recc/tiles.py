@@ -442,7 +442,7 @@ def chunked_consts(d: dict, s: dict, hw: Hardware) -> dict:
     key = int(s["per_key"])
     return {"K": d["K"], "V": d["V"], "KP": max(16, _pow2(d["K"])), "VP": max(16, _pow2(d["V"])),
             "NS": s["substeps"], "HH": int(s["householder"]), "KEY": key, "NORM": int(s["normaliser"]),
-            **_limits(hw)}
+            "GPU": int(not hw.interpreter), "TP": max(16, _pow2(d["T"])), **_limits(hw)}
 
 
 def chunked_kernels(s: dict) -> tuple:

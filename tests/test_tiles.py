@@ -190,6 +190,15 @@ def test_h100_chunked_scalar_decays(spec):
     assert choose_tiles("chunked", dims, H100_PRESET, **shape).assignment == SCALAR_CHUNKED
 
 
+@pytest.mark.parametrize("spec", ["simple_gla", "retnet", "mamba2", "mlstm"])
+def test_h200_chunked_scalar_decays(spec):
+    """chunked_gpu_check.py on an H200, B=4 T=4096 H=16 K=V=128 bf16 (results/2026-12-03-h200-chunked-*):
+    chunks of 64 ran simple GLA 0.26 / 1.19 ms and mLSTM 0.74 / 2.06 fwd / fwd+bwd where the
+    model's own pick, chunks of 32, ran 0.81 / 2.03 and 1.49 / 3.28 (constraint plain_chunk)."""
+    dims, shape = main_shape(spec, "chunked", K=128, V=128)
+    assert choose_tiles("chunked", dims, H200, **shape).assignment == SCALAR_CHUNKED
+
+
 def test_h100_chunked_per_key_and_householder_choices_are_sane():
     """Not measured yet on a GPU: the model's properties, not its numbers. Per-key decays compute a
     chunk's scores in every V block of o: one V block; the UT transform's [BT, BT] inverse stays in
