@@ -381,7 +381,7 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
     sync = (lambda: None) if dry else torch.cuda.synchronize
     kernel_timer = make_timer(dry, args.kernel_warmup, args.kernel_rep)
     e2e_timer = make_timer(dry, args.warmup, args.rep)
-    tol = TOL[str(op.dtype).replace("torch.", "")]
+    tol = args.tol or TOL[str(op.dtype).replace("torch.", "")]
     kpoint = p["kpoint"]
     times, errors, failed = {}, {}, {}           # kernel point -> ms / rel err / reason
 
@@ -463,12 +463,12 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
         ok, reason, err = attempt(a)
         if not ok:
             print(f"  {op.name}: end to end at {a}: {reason}", flush=True)
-            e2e.append({"point": a, "fwd_bwd_ms": None, "error": reason})
+            e2e.append({"what": what, "point": a, "fwd_bwd_ms": None, "error": reason})
             continue
         fn = op.fwd_bwd(a)
         fn()
         sync()
-        e2e.append({"point": a, "fwd_bwd_ms": e2e_timer(fn), "rel_err": err})
+        e2e.append({"what": what, "point": a, "fwd_bwd_ms": e2e_timer(fn), "rel_err": err})
     for c in per_shared:
         c["fwd_bwd_ms"] = next((x["fwd_bwd_ms"] for x in e2e[1:] if x["point"] == c["point"]), None)
     solver_ms = e2e[0]["fwd_bwd_ms"]
@@ -498,6 +498,7 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
         "timed": {"kernel_points": len(times), "failed_kernel_points": len(failed), "runs": len(p["runs"]),
                   "end_to_end": len(timed_e2e)},
         "failed": [x for x in points if x.get("failed")],
+        "tolerance": tol, "max_rel_err_passed": max((e for e in errors.values() if e is not None), default=None),
         "exhaustive": bool(exhaustive),
         "per_shared": per_shared, "end_to_end": e2e, "points": points,
     }
@@ -547,6 +548,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kernel-rep", type=int, default=10, help="per kernel point: do_bench rep (ms)")
     ap.add_argument("--e2e-top", type=int, default=64,
                     help="time end to end the best combination of this many shared assignments (by kernel sum)")
+    ap.add_argument("--tol", type=float, default=None,
+                    help="relative error against the solver's point beyond which a point is wrong (bf16 5e-2, fp32 1e-4)")
     ap.add_argument("--T", type=int, default=None, help="steps (default: the main shape's 4096)")
     ap.add_argument("--estimate", action="store_true", help="print the plan and its estimated cost, run nothing")
     ap.add_argument("--model", default=None,
