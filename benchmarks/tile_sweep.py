@@ -339,24 +339,32 @@ def precompile(op: Op, runs: list, jobs: int, deadline: float) -> dict:
     if jobs <= 1:
         done, failed = _compile_task(op.name, op.device, op.sizes, assignments)
         return {"seconds": time.time() - t0, "runs": done, "failed": failed}
+    # first the model's best point of each shared assignment (every run of that assignment fills the
+    # other kernels' slots with it: compiled once here, not by every process at once), then the runs
+    bases = [dict(op.solver)]                      # the reference run's point too
+    for r in runs:
+        if r["base"] not in bases:
+            bases.append(r["base"])
     size = max(1, min(8, len(assignments) // (jobs * 2) or 1))
-    chunks = [assignments[i:i + size] for i in range(0, len(assignments), size)]
     done = failed = 0
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(_compile_task, op.name, op.device, op.sizes, c) for c in chunks]
-        for i, f in enumerate(concurrent.futures.as_completed(futures)):
-            try:
-                n, bad = f.result()
-                done, failed = done + n, failed + bad
-            except Exception as e:  # noqa: BLE001
-                print(f"  compile task failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
-            if (i + 1) % max(1, len(chunks) // 10) == 0:
-                print(f"  compiled {done}/{len(assignments)} runs, {time.time() - t0:.0f} s", flush=True)
+        for phase in ([[b] for b in bases], [assignments[i:i + size] for i in range(0, len(assignments), size)]):
+            futures = [pool.submit(_compile_task, op.name, op.device, op.sizes, c) for c in phase]
+            for i, f in enumerate(concurrent.futures.as_completed(futures)):
+                try:
+                    n, bad = f.result()
+                    done, failed = done + n, failed + bad
+                except Exception as e:  # noqa: BLE001
+                    print(f"  compile task failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                if (i + 1) % max(1, len(futures) // 10) == 0:
+                    print(f"  compiled {i + 1}/{len(futures)} tasks, {time.time() - t0:.0f} s", flush=True)
+                if time.time() > deadline:
+                    print("  time budget: the remaining compile tasks are cancelled", flush=True)
+                    for g in futures:
+                        g.cancel()
+                    break
             if time.time() > deadline:
-                print("  time budget: the remaining compile tasks are cancelled", flush=True)
-                for g in futures:
-                    g.cancel()
                 break
     return {"seconds": time.time() - t0, "runs": done, "failed": failed}
 
@@ -541,7 +549,8 @@ def main(argv=None) -> int:
                     help="per kernel and shared assignment, time only the model's best N points (not exhaustive)")
     ap.add_argument("--time-budget", type=float, default=None,
                     help="seconds for the whole command; work left when it runs out is skipped (not exhaustive)")
-    ap.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 1), help="compile processes")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="compile processes (default: the CPU count, at most 16; the dry run: 1, in this process)")
     ap.add_argument("--warmup", type=int, default=25, help="end to end: do_bench warmup (ms)")
     ap.add_argument("--rep", type=int, default=100, help="end to end: do_bench rep (ms)")
     ap.add_argument("--kernel-warmup", type=int, default=2, help="per kernel point: do_bench warmup (ms)")
@@ -570,13 +579,15 @@ def main(argv=None) -> int:
     if args.dry_run:
         device, shapes = "cpu", DRY
         args.max_points = 2 if args.max_points is None else args.max_points
-        args.jobs = 1
+        args.jobs = 1 if args.jobs is None else args.jobs
     else:
         if not torch.cuda.is_available():
             print("tile_sweep needs a CUDA GPU (or --dry-run, --estimate)")
             if not args.estimate:
                 return 0
         device, shapes = "cuda", MAIN
+    if args.jobs is None:
+        args.jobs = min(16, os.cpu_count() or 1)
     started = time.time()
     deadline = started + args.time_budget if args.time_budget else math.inf
     name = (torch.cuda.get_device_name() if torch.cuda.is_available() and not args.dry_run
@@ -622,9 +633,9 @@ def main(argv=None) -> int:
             continue
         print(f"== {op.name}", flush=True)
         c = {"seconds": 0.0, "runs": 0, "failed": 0}
-        if device == "cuda" or args.jobs <= 1:
+        if device == "cuda" or args.dry_run:
             # the dry run: the compile task on the first run only (nothing compiles under the interpreter)
-            runs = p["runs"][:1] if args.dry_run else p["runs"]
+            runs = p["runs"][:max(1, args.jobs)] if args.dry_run else p["runs"]
             c = precompile(op, runs, args.jobs, started + 0.6 * (deadline - started) if args.time_budget else math.inf)
             print(f"  compiled: {c['runs']} runs in {c['seconds']:.0f} s ({c['failed']} raised; the timing pass "
                   f"reports them)", flush=True)
