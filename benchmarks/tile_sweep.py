@@ -147,6 +147,10 @@ class Op:
         self.all_terms = terms
         self.terms = [t for t in terms if t.name in KERNEL_GLOBALS[self.family]]   # the interpreter's "shared" term aside
         self.solver = dict(rt.choose_tiles(self.family, self.dims, self.hw, **shape).assignment)
+        # variables of other kernels a kernel's code depends on beyond its term's: with per-key decays
+        # dqk sums dv's NVB = V / dv_BV partial products of dA (a constexpr), which the cost model's
+        # term leaves out; the sweep keys dqk's points by dv_BV too and groups the points by it
+        self.coupled = {"dqk": ("dv_BV",)} if shape.get("per_key") else {}
         self.recorders = {}
         for t in self.terms:
             attr = f"{rec.name}_{KERNEL_GLOBALS[self.family][t.name]}"
@@ -225,12 +229,13 @@ def rel_err(got: list, ref: list) -> tuple:
 # ---- the plan --------------------------------------------------------------------------------
 
 def parse_shared(text: str | None) -> dict:
-    """'BT=32,64;BKS=64' -> {"BT": {32, 64}, "BKS": {64}}."""
+    """'BT=32,64;gla:BKS=64' -> {None: {"BT": {32, 64}}, "gla": {"BKS": {64}}} (an "op:" prefix: that op only)."""
     out = {}
     for part in (text or "").replace(" ", "").split(";"):
         if part:
+            op, _, part = part.rpartition(":")
             name, _, values = part.partition("=")
-            out[name] = {int(v) for v in values.split(",") if v}
+            out.setdefault(op or None, {})[name] = {int(v) for v in values.split(",") if v}
     return out
 
 
@@ -240,7 +245,9 @@ def plan(op: Op, shared_filter: dict, max_points: int | None) -> dict:
     shared, spoints, per = term_points(op.problem, op.all_terms)
     terms = op.terms
     cost = {t.name: t.cost for t in op.all_terms}
-    read = {t.name: t.variables for t in terms}
+    read = {t.name: tuple(t.variables) + op.coupled.get(t.name, ()) for t in terms}
+    coupling = sorted({v for vs in op.coupled.values() for v in vs})
+    owner = {v: next(t.name for t in terms if v in per[t.name][0]) for v in coupling}
 
     def kpoint(t, a):
         return (t, tuple(a[v] for v in read[t]))
@@ -260,14 +267,16 @@ def plan(op: Op, shared_filter: dict, max_points: int | None) -> dict:
             n *= len(pts)
         if n == 0:                  # some kernel has no point here: no joint point either
             continue
-        for t in terms:
-            for o in own[t.name]:
-                feasible_kp[t.name].add(kpoint(t.name, {**s, **o}))
-        joint += n
-        model = sum(cost[t.name]({v: {**s, **own[t.name][0]}[v] for v in t.variables}) for t in terms)
-        groups.append({"shared": s, "own": own, "model": model,
-                       "selected": all(s[k] in vals for k, vals in shared_filter.items())})
-    solver_s = {k: op.solver[k] for k in shared}
+        for c in _split(s, own, coupling, owner):      # one group per value of the coupling variables
+            cs, cown = c
+            for t in terms:
+                for o in cown[t.name]:
+                    feasible_kp[t.name].add(kpoint(t.name, {**cs, **o}))
+            joint += math.prod(len(v) for v in cown.values())
+            model = sum(cost[t.name]({v: {**cs, **cown[t.name][0]}[v] for v in t.variables}) for t in terms)
+            groups.append({"shared": cs, "own": cown, "model": model,
+                           "selected": all(s[k] in vals for k, vals in shared_filter.items())})
+    solver_s = {k: op.solver[k] for k in list(shared) + coupling}
     groups.sort(key=lambda g: (g["shared"] != solver_s, g["model"]))
     covered = {kpoint(t.name, op.solver) for t in terms}      # the reference run times these
     runs, capped = [], False
@@ -295,15 +304,32 @@ def plan(op: Op, shared_filter: dict, max_points: int | None) -> dict:
                     new.append(t.name)
             runs.append({"assignment": a, "new": new, "base": {**s, **{k: v for b in base.values() for k, v in b.items()}}})
     complete = not capped and all(g["selected"] for g in groups)
+    selected = {tuple(g["shared"][k] for k in shared) for g in groups if g["selected"]}
     return {"shared": shared, "groups": groups, "runs": runs, "joint": joint, "complete": complete,
+            "capped": capped, "selected": [dict(zip(shared, x)) for x in sorted(selected)],
             "feasible_kernel_points": {t: len(v) for t, v in feasible_kp.items()},
-            "planned_kernel_points": len(covered), "kpoint": kpoint}
+            "planned_kernel_points": len(covered), "kpoint": kpoint, "read": read, "coupling": coupling,
+            "shared_points": len({tuple(g["shared"][k] for k in shared) for g in groups})}
+
+
+def _split(s: dict, own: dict, coupling: list, owner: dict) -> list:
+    """[(s with the coupling variables' values, own points of each term restricted to them)]."""
+    out = [(dict(s), dict(own))]
+    for v in coupling:
+        nxt = []
+        for cs, cown in out:
+            t = owner[v]
+            for value in sorted({o[v] for o in cown[t]}):
+                nxt.append(({**cs, v: value}, {**cown, t: [o for o in cown[t] if o[v] == value]}))
+        out = nxt
+    return out
 
 
 def estimate(op: Op, p: dict, jobs: int) -> dict:
     compiles = p["planned_kernel_points"]
     compile_s = compiles * COST["compile"][op.family] / max(jobs, 1)
-    time_s = compiles * COST["point"] + len(p["runs"]) * COST["run"] + len(p["groups"]) * COST["e2e"]
+    groups = sum(g["selected"] for g in p["groups"])
+    time_s = compiles * COST["point"] + len(p["runs"]) * COST["run"] + groups * COST["e2e"]
     return {"compiles": compiles, "runs": len(p["runs"]), "compile_s": compile_s, "time_s": time_s,
             "total_s": compile_s + time_s}
 
@@ -419,7 +445,7 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
 
     term_vars = {t.name: t.variables for t in op.terms}
     cut = False
-    stop = deadline - len(p["groups"]) * COST["e2e"] - 15      # room for the end-to-end timings and the JSON
+    stop = deadline - sum(g["selected"] for g in p["groups"]) * COST["e2e"] - 15      # room for the end-to-end timings and the JSON
     for i, r in enumerate(p["runs"]):
         if time.time() > stop:
             cut = True
@@ -442,13 +468,15 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
                 time_new([t], alone)
             else:
                 failed[k] = reason1
-                print(f"  {op.name}: {t} {dict(zip(term_vars[t], k[1]))} FAILED {reason1}", flush=True)
+                print(f"  {op.name}: {t} {dict(zip(p['read'][t], k[1]))} FAILED {reason1}", flush=True)
         if (i + 1) % 50 == 0:
             print(f"  {op.name}: {i + 1}/{len(p['runs'])} runs, {len(times)} kernel points timed", flush=True)
 
     # 4. per shared assignment: the best of each kernel, summed; then end to end
     per_shared = []
     for g in p["groups"]:
+        if not g["selected"]:
+            continue
         s, best, parts = g["shared"], {}, {}
         for t in op.terms:
             timed = [(times[kpoint(t.name, {**s, **o})], o) for o in g["own"][t.name]
@@ -466,7 +494,7 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
     per_shared.sort(key=lambda x: x["kernel_sum_ms"])
     solver_parts = {t.name: times[kpoint(t.name, op.solver)] for t in op.terms}
     e2e = []
-    candidates = [("solver", op.solver)] + [("shared", c["point"]) for c in per_shared[:args.e2e_top]]
+    candidates = [("solver", op.solver)] + [("shared", c["point"]) for c in per_shared[:args.e2e_top or None]]
     for what, a in candidates:
         ok, reason, err = attempt(a)
         if not ok:
@@ -484,12 +512,13 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
     best = min(timed_e2e, key=lambda x: x["fwd_bwd_ms"]) if timed_e2e else None
     best_parts = {t.name: times.get(kpoint(t.name, best["point"])) for t in op.terms} if best else {}
     best_kernels = per_shared[0] if per_shared else None
-    exhaustive = p["complete"] and not cut and len(per_shared) == len(p["groups"]) \
-        and all(c["all_timed"] for c in per_shared) and args.e2e_top >= len(per_shared)
-    points = [{"kernel": k[0], "point": dict(zip(next(t.variables for t in op.terms if t.name == k[0]), k[1])),
-               "ms": ms, "rel_err": errors.get(k)} for k, ms in times.items()]
-    points += [{"kernel": k[0], "point": dict(zip(next(t.variables for t in op.terms if t.name == k[0]), k[1])),
-                "ms": None, "failed": why} for k, why in failed.items()]
+    attempted = all(kpoint(t.name, {**g["shared"], **o}) in times or kpoint(t.name, {**g["shared"], **o}) in failed
+                    for g in p["groups"] if g["selected"] for t in op.terms for o in g["own"][t.name])
+    exhaustive = p["complete"] and not cut and attempted and (args.e2e_top or math.inf) >= len(per_shared)
+    points = [{"kernel": k[0], "point": dict(zip(p["read"][k[0]], k[1])), "ms": ms, "rel_err": errors.get(k)}
+              for k, ms in times.items()]
+    points += [{"kernel": k[0], "point": dict(zip(p["read"][k[0]], k[1])), "ms": None, "failed": why}
+               for k, why in failed.items()]
     return {
         "op": op.name, "family": op.family, "sizes": op.sizes, "dtype": str(op.dtype).replace("torch.", ""),
         "hardware_model": op.hw.name,
@@ -501,13 +530,17 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
         "best_kernel_sum_ms": best_kernels["kernel_sum_ms"] if best_kernels else None,
         "ratio_fwd_bwd": solver_ms / best["fwd_bwd_ms"] if best and solver_ms else None,
         "ratio_kernel_sum": (sum(solver_parts.values()) / best_kernels["kernel_sum_ms"]) if best_kernels else None,
-        "feasible": {"shared_points": len(p["groups"]), "kernel_points": p["feasible_kernel_points"],
+        "feasible": {"shared_points": p["shared_points"], "groups": len(p["groups"]), "coupling": p["coupling"],
+                     "kernel_points": p["feasible_kernel_points"],
                      "kernel_points_total": sum(p["feasible_kernel_points"].values()), "joint_points": p["joint"]},
         "timed": {"kernel_points": len(times), "failed_kernel_points": len(failed), "runs": len(p["runs"]),
                   "end_to_end": len(timed_e2e)},
         "failed": [x for x in points if x.get("failed")],
         "tolerance": tol, "max_rel_err_passed": max((e for e in errors.values() if e is not None), default=None),
         "exhaustive": bool(exhaustive),
+        "cut": {"shared": not all(g["selected"] for g in p["groups"]), "max_points": p["capped"], "time_budget": cut,
+                "e2e_top": (args.e2e_top or math.inf) < len(per_shared), "untimed_points": not attempted},
+        "shared_selected": p["selected"],
         "per_shared": per_shared, "end_to_end": e2e, "points": points,
     }
 
@@ -535,6 +568,53 @@ def table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list, out: str | None) -> int:
+    """One row per op from rows of several runs that each swept part of its shared assignments
+    (--shared): kernel points and failures joined; the best is the fastest part's best; the ratios
+    are the largest of the parts' own (each part timed the solver's point and its best in the same
+    process); exhaustive when the parts were cut by --shared only and together cover every shared
+    assignment."""
+    parts = {}
+    metas = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        metas.append(data["meta"])
+        for r in data["rows"]:
+            parts.setdefault(r["op"], []).append(r)
+    rows = []
+    for op, rs in parts.items():
+        best = min((r for r in rs if r["best_fwd_bwd_ms"] is not None), key=lambda r: r["best_fwd_bwd_ms"], default=rs[0])
+        row = dict(best)
+        seen, points = set(), []
+        for r in rs:
+            for x in r["points"]:
+                key = (x["kernel"], json.dumps(x["point"], sort_keys=True))
+                if key not in seen:
+                    seen.add(key)
+                    points.append(x)
+        selected = {json.dumps(s, sort_keys=True) for r in rs for s in r["shared_selected"]}
+        only_shared = all(not any(v for k, v in r["cut"].items() if k != "shared") for r in rs)
+        ratios = [r["ratio_fwd_bwd"] for r in rs if r["ratio_fwd_bwd"] is not None]
+        ksums = [r["ratio_kernel_sum"] for r in rs if r["ratio_kernel_sum"] is not None]
+        row.update(points=points, failed=[x for x in points if x.get("failed")],
+                   ratio_fwd_bwd=max(ratios, default=None), ratio_kernel_sum=max(ksums, default=None),
+                   per_shared=sorted((c for r in rs for c in r["per_shared"]), key=lambda c: c["kernel_sum_ms"]),
+                   end_to_end=[x for r in rs for x in r["end_to_end"]],
+                   shared_selected=[json.loads(x) for x in sorted(selected)],
+                   exhaustive=only_shared and len(selected) == best["feasible"]["shared_points"],
+                   parts=[{"solver_fwd_bwd_ms": r["solver_fwd_bwd_ms"], "best_fwd_bwd_ms": r["best_fwd_bwd_ms"],
+                           "ratio_fwd_bwd": r["ratio_fwd_bwd"], "shared_selected": r["shared_selected"], "cut": r["cut"]}
+                          for r in rs])
+        row["timed"] = dict(best["timed"], kernel_points=sum(1 for x in points if x["ms"] is not None),
+                            failed_kernel_points=len(row["failed"]), runs=sum(r["timed"]["runs"] for r in rs))
+        rows.append(row)
+    target = Path(out) if out else Path(paths[0]).with_suffix(".merged.json")
+    target.write_text(json.dumps({"meta": {"merged": paths, "parts": metas}, "rows": rows}, indent=1, default=str))
+    print(table(rows))
+    print(f"\nwrote {target}")
+    return 0
+
+
 def described(a: dict | None) -> str:
     return "-" if a is None else " ".join(f"{k}={v}" for k, v in a.items())
 
@@ -555,8 +635,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rep", type=int, default=100, help="end to end: do_bench rep (ms)")
     ap.add_argument("--kernel-warmup", type=int, default=2, help="per kernel point: do_bench warmup (ms)")
     ap.add_argument("--kernel-rep", type=int, default=10, help="per kernel point: do_bench rep (ms)")
-    ap.add_argument("--e2e-top", type=int, default=64,
-                    help="time end to end the best combination of this many shared assignments (by kernel sum)")
+    ap.add_argument("--e2e-top", type=int, default=None,
+                    help="time end to end the best combination of only this many groups (by kernel sum; default all)")
     ap.add_argument("--tol", type=float, default=None,
                     help="relative error against the solver's point beyond which a point is wrong (bf16 5e-2, fp32 1e-4)")
     ap.add_argument("--T", type=int, default=None, help="steps (default: the main shape's 4096)")
@@ -565,8 +645,12 @@ def main(argv=None) -> int:
                     help="with --estimate: the hardware model to enumerate for (a preset, e.g. h200) instead of the GPU's")
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU, Triton interpreter, tiny shapes, the solver's shared values, 2 points per kernel")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="merge the rows of these result files (one op swept in parts with --shared) into --out")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<date>-<device>-tile-sweep.json)")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
     import torch
@@ -604,7 +688,7 @@ def main(argv=None) -> int:
             print("--model goes with --estimate only (a sweep enumerates for the model the host code launches with)")
             return 2
         op = Op(o, device if torch.cuda.is_available() or args.dry_run else "cpu", sizes, args.model)
-        filt = dict(shared_filter)
+        filt = {**shared_filter.get(None, {}), **shared_filter.get(o, {})}
         if args.dry_run and not filt:     # the solver's shared values only
             from recc.solver.split import term_points
             filt = {k: {op.solver[k]} for k in term_points(op.problem, op.all_terms)[0]}
@@ -614,7 +698,8 @@ def main(argv=None) -> int:
         prepared.append((op, p, est))
         fk = p["feasible_kernel_points"]
         print(f"{o}: model {op.hw.name}; solver {described(op.solver)}", flush=True)
-        print(f"  feasible: {len(p['groups'])} shared assignments ({', '.join(p['shared']) or 'none'}), kernel points "
+        groups = f" in {len(p['groups'])} groups by {', '.join(p['coupling'])}" if p["coupling"] else ""
+        print(f"  feasible: {p['shared_points']} shared assignments ({', '.join(p['shared']) or 'none'}){groups}, kernel points "
               + ", ".join(f"{k} {v}" for k, v in fk.items()) + f" = {sum(fk.values())}, joint points {p['joint']:.4g}",
               flush=True)
         print(f"  plan: {est['compiles']} kernel points (compiles), {est['runs']} runs"

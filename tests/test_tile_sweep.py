@@ -39,3 +39,16 @@ def test_dry_run_marks_a_wrong_point(tmp_path, monkeypatch):
     timed = [p for p in rows["simple_gla"]["points"] if p["ms"] is not None]
     assert {p["kernel"] for p in timed} == {"h", "o", "dv", "dh", "dqk"}
     assert all(p["point"].get("dv_stages") != 2 for p in timed)
+    # a second part over other shared values, merged into one row per op
+    part = tmp_path / "part.json"
+    assert tile_sweep.main(["--dry-run", "--ops", "simple_gla", "--shared", "simple_gla:BT=32", "--max-points", "1",
+                            "--out", str(part)]) == 0
+    merged = tmp_path / "merged.json"
+    assert tile_sweep.main(["--merge", str(out), str(part), "--out", str(merged)]) == 0
+    rows2 = {r["op"]: r for r in json.loads(merged.read_text())["rows"]}
+    other = json.loads(part.read_text())["rows"][0]
+    assert rows2["simple_gla"]["shared_selected"] == [{"BT": 16, "BKS": 16}, {"BT": 32, "BKS": 16}]
+    assert len(rows2["simple_gla"]["points"]) > len(rows["simple_gla"]["points"]) > 0
+    assert len(rows2["simple_gla"]["parts"]) == 2 and not rows2["simple_gla"]["exhaustive"]
+    assert rows2["simple_gla"]["ratio_fwd_bwd"] == max(rows["simple_gla"]["ratio_fwd_bwd"], other["ratio_fwd_bwd"])
+    assert rows2["scan"]["points"] == rows["scan"]["points"]
