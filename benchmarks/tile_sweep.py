@@ -425,7 +425,10 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
     def time_new(names, a):
         for t in names:
             k = kpoint(t, a)
-            times[k] = kernel_timer(op.recorders[t].replay)
+            try:
+                times[k] = kernel_timer(op.recorders[t].replay)
+            except Exception as e:  # noqa: BLE001
+                failed[k] = f"error while timing: {type(e).__name__}: {str(e)[:200]}"
 
     time_new([t.name for t in op.terms], op.solver)
     for t in op.terms:
@@ -492,7 +495,8 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
             per_shared.append({"shared": s, "point": {**s, **best}, "kernels_ms": parts,
                                "kernel_sum_ms": sum(parts.values()), "all_timed": complete})
     per_shared.sort(key=lambda x: x["kernel_sum_ms"])
-    solver_parts = {t.name: times[kpoint(t.name, op.solver)] for t in op.terms}
+    solver_parts = {t.name: times.get(kpoint(t.name, op.solver)) for t in op.terms}
+    solver_sum = None if None in solver_parts.values() else sum(solver_parts.values())
     e2e = []
     candidates = [("solver", op.solver)] + [("shared", c["point"]) for c in per_shared[:args.e2e_top or None]]
     for what, a in candidates:
@@ -523,13 +527,13 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
         "op": op.name, "family": op.family, "sizes": op.sizes, "dtype": str(op.dtype).replace("torch.", ""),
         "hardware_model": op.hw.name,
         "solver": op.solver, "solver_fwd_bwd_ms": solver_ms, "solver_kernels_ms": solver_parts,
-        "solver_kernel_sum_ms": sum(solver_parts.values()),
+        "solver_kernel_sum_ms": solver_sum,
         "best": best["point"] if best else None, "best_fwd_bwd_ms": best["fwd_bwd_ms"] if best else None,
         "best_kernels_ms": best_parts,
         "best_kernel_sum": best_kernels["point"] if best_kernels else None,
         "best_kernel_sum_ms": best_kernels["kernel_sum_ms"] if best_kernels else None,
         "ratio_fwd_bwd": solver_ms / best["fwd_bwd_ms"] if best and solver_ms else None,
-        "ratio_kernel_sum": (sum(solver_parts.values()) / best_kernels["kernel_sum_ms"]) if best_kernels else None,
+        "ratio_kernel_sum": solver_sum / best_kernels["kernel_sum_ms"] if best_kernels and solver_sum else None,
         "feasible": {"shared_points": p["shared_points"], "groups": len(p["groups"]), "coupling": p["coupling"],
                      "kernel_points": p["feasible_kernel_points"],
                      "kernel_points_total": sum(p["feasible_kernel_points"].values()), "joint_points": p["joint"]},
@@ -562,7 +566,7 @@ def table(rows: list) -> str:
     for r in rows:
         lines.append(f"{r['op']}: solver {described(r['solver'])}")
         lines.append(f"{'':{len(r['op'])}s}  best   {described(r['best'])}")
-        ks = " ".join(f"{k}={v:.3f}" for k, v in r["solver_kernels_ms"].items())
+        ks = " ".join(f"{k}={v:.3f}" if v is not None else f"{k}=-" for k, v in r["solver_kernels_ms"].items())
         kb = " ".join(f"{k}={v:.3f}" if v is not None else f"{k}=-" for k, v in r["best_kernels_ms"].items())
         lines.append(f"{'':{len(r['op'])}s}  kernels ms, solver: {ks}; best: {kb}")
     return "\n".join(lines)
@@ -711,7 +715,7 @@ def main(argv=None) -> int:
     if args.estimate:
         return 0
 
-    rows = []
+    rows, errors = [], []
     for op, p, est in prepared:
         if time.time() > deadline:
             print(f"{op.name}: time budget spent, skipped", flush=True)
@@ -725,7 +729,13 @@ def main(argv=None) -> int:
             print(f"  compiled: {c['runs']} runs in {c['seconds']:.0f} s ({c['failed']} raised; the timing pass "
                   f"reports them)", flush=True)
         t0 = time.time()
-        row = sweep(op, p, args, deadline)
+        try:
+            row = sweep(op, p, args, deadline)
+        except Exception as e:  # noqa: BLE001 - e.g. the solver's own point fails: the other ops go on
+            import traceback
+            traceback.print_exc()
+            errors.append({"op": op.name, "error": f"{type(e).__name__}: {str(e)[:500]}"})
+            continue
         row["seconds"] = {"compile": c["seconds"], "time": time.time() - t0}
         row["estimate"] = est
         row["limits"] = {"shared": args.shared, "max_points": args.max_points, "time_budget": args.time_budget,
@@ -740,9 +750,11 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
         f"{datetime.date.today()}-{'cpu-dry' if args.dry_run else name.split()[-1].lower()}-tile-sweep.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    out.write_text(json.dumps({"meta": meta, "rows": rows, "errors": errors}, indent=1, default=str))
     print()
     print(table(rows))
+    for e in errors:
+        print(f"{e['op']}: FAILED {e['error']}")
     print(f"\nwrote {out}  ({meta['seconds']:.0f} s)")
     return 0
 
