@@ -14,6 +14,9 @@ feasible own points (<k>_BV, <k>_warps, <k>_stages; wy's BI; the scan's forward 
 tiles). The objective is separable: a kernel's time depends only on the variables its term
 reads (`chunked_terms`, `scan_terms`), so the best joint point at a shared assignment is each
 kernel's best there, and timing every (kernel, values it reads) once times every joint point.
+One dependence the terms leave out is kept (`Op.coupled`): with per-key decays dqk's code sums
+dv's V / dv_BV partial products (a constexpr), so dqk's points are keyed by dv_BV as well and
+the points grouped by (shared values, dv_BV).
 
 1. plan: runs, each a feasible joint point, that together hold every kernel point (a run puts a
    not yet covered point in every kernel's slot, the model's best point where a kernel has none
@@ -35,8 +38,9 @@ kernel's best there, and timing every (kernel, values it reads) once times every
 Each op's row (JSON under --out, a table printed last) has the solver's point and its times
 (forward+backward, per kernel), the best point and its times, both ratios (end to end and of
 the kernel sums), how many points were feasible and timed, the failed points, and `exhaustive`:
-true only when every feasible point of the op was timed (no --shared, --max-points or
---time-budget cut, nothing skipped).
+true only when every feasible point of the op was timed or marked failed (`cut` says what stopped
+it: --shared, --max-points, --time-budget, --e2e-top). `--merge` joins rows of one op swept in
+parts over disjoint --shared values (exhaustive when the parts cover every shared assignment).
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
     split_points(problem, terms, limit=1) -> list[Solution]
     sum_of(terms) -> objective                      the callable objective of such a problem
+    term_points(problem, terms) -> (shared, points, by term)   every feasible point, term by term
 
 A :class:`Term` names the variables it reads and its cost. A variable read by exactly
 one term is that term's own; the others are shared. A constraint may read the shared
