@@ -494,3 +494,23 @@ def test_split_points_name_a_core_when_infeasible() -> None:
     with pytest.raises(Infeasible) as raised:
         split_points(Problem(base.variables, base.constraints, sum_of(terms)), terms)
     assert raised.value.labels == ["b_fit", "short", "wide"]
+
+
+def test_term_points_are_the_feasible_points():
+    """term_points: the shared points times each term's own points under them are exactly the
+    feasible points (benchmarks/tile_sweep.py enumerates its sweep from them)."""
+    from recc.solver.split import split_points as split, term_points
+    from recc.tiles import _setup
+    problem, terms, *_ = _setup("recurrent", {"T": 1024, "K": 64, "V": 64}, "h200", {})   # CHUNK shared
+    shared, points, per = term_points(problem, terms)
+    joint = set()
+    for sv in points:
+        s = dict(zip(shared, sv))
+        combos = [dict(s)]
+        for t in terms:
+            own, needed, buckets = per[t.name]
+            if own:
+                combos = [{**c, **dict(zip(own, o))} for c in combos for o in buckets.get(tuple(s[n] for n in needed), [])]
+        joint |= {tuple(c[v.name] for v in problem.variables) for c in combos}
+    every = {tuple(x.assignment[v.name] for v in problem.variables) for x in split(problem, terms, None)}
+    assert joint == every and len(every) > 100

@@ -3,6 +3,7 @@
     solve(problem) -> Solution
     feasible_points(problem, limit=None) -> list[Solution]
     split_points(problem, terms, limit=1) -> list[Solution]   an objective summed over terms, part by part
+    term_points(problem, terms) -> (shared, points, {term: ...})  every feasible point, by term (sweeps)
 
 A :class:`Problem` has integer variables with finite domains, labelled
 constraints and an objective to minimise: an :class:`Expr` (integer, Python
@@ -47,7 +48,7 @@ from .model import (
     powers_of_two,
 )
 from .search import Infeasible, Move, Solution, feasible_points, solve
-from .split import Term, split_points, sum_of
+from .split import Term, split_points, sum_of, term_points
 from .text import ConstraintSyntaxError, format_problem, parse_problem
 
 __all__ = [
@@ -90,4 +91,5 @@ __all__ = [
     "solve",
     "split_points",
     "sum_of",
+    "term_points",
 ]

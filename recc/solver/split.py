@@ -2,6 +2,7 @@
 
     split_points(problem, terms, limit=1) -> list[Solution]
     sum_of(terms) -> objective                      the callable objective of such a problem
+    term_points(problem, terms) -> (shared, points, by term)   every feasible point, term by term
 
 A :class:`Term` names the variables it reads and its cost. A variable read by exactly
 one term is that term's own; the others are shared. A constraint may read the shared
@@ -191,3 +192,42 @@ def _k_best(lists: list, k: float) -> list:
                     seen.add(nxt)
                     heapq.heappush(heap, (total(nxt), nxt))
     return out
+
+
+def term_points(problem: Problem, terms: Sequence[Term]) -> tuple:
+    """Every feasible point of a separable problem, by term (what an exhaustive sweep of the
+    terms one at a time visits): (shared names, shared points, {term name: (own names, needed
+    names, {needed values: [own values, ...]})}). `needed` are the shared variables the term
+    reads or is constrained with; the full feasible points are exactly the shared points s
+    combined with, for each term, any of its own points listed under s's needed values (the
+    same decomposition `split_points` uses). A term with no own variables maps to ((), needed, {})."""
+    names = [v.name for v in problem.variables]
+    readers: dict[str, list[str]] = {n: [] for n in names}
+    for t in terms:
+        for v in t.variables:
+            readers[v].append(t.name)
+    own_of = {v: ts[0] for v, ts in readers.items() if len(ts) == 1}
+    shared = [n for n in names if n not in own_of]
+    reads = {c.label: {v.name for v in c.variables()} for c in problem.constraints}
+    shared_cons, term_cons = [], {t.name: [] for t in terms}
+    for c in problem.constraints:
+        owners = {own_of[v] for v in reads[c.label] if v in own_of}
+        if len(owners) > 1:
+            raise ValueError(f"constraint {c.label} reads the own variables of terms {sorted(owners)}")
+        (term_cons[owners.pop()] if owners else shared_cons).append(c)
+    out = {}
+    for t in terms:
+        own = [n for n in names if own_of.get(n) == t.name]
+        needed = {v for v in t.variables if v not in own_of}
+        needed |= {v for c in term_cons[t.name] for v in reads[c.label] if v not in own_of}
+        needed = [n for n in names if n in needed]
+        buckets: dict = {}
+        if own:
+            variables = [v for v in problem.variables if v.name in own or v.name in needed]
+            order = [v.name for v in variables]
+            key, own_values = _getter([order.index(n) for n in needed]), _getter([order.index(n) for n in own])
+            for values in _points(variables, term_cons[t.name], reads)[0]:
+                buckets.setdefault(key(values), []).append(own_values(values))
+        out[t.name] = (tuple(own), tuple(needed), buckets)
+    shared_points = _points([v for v in problem.variables if v.name in shared], shared_cons, reads)[0]
+    return tuple(shared), shared_points, out
