@@ -89,6 +89,20 @@ def _op_names(rec: ir.Recurrence) -> dict:
         "input_names": repr([d.name for d in rec.inputs]),
         "param_names": repr([d.name for d in rec.params]),
         "n_tensors": len(tensors), "n_consts": len(consts), "n_states": len(rec.states),
+        "n_results": len(rec.outputs) + len(rec.states),
+        "first_input": rec.inputs[0].name,
+        # the op's results in order: outputs, then final states (from _forward's dicts)
+        "results_list": ", ".join([f"_outputs[{o.name!r}]" for o in rec.outputs] +
+                                  [f"_finals[{s.name!r}]" for s in rec.states]),
+        # the gradients of inputs and params in signature order (from _backward's dicts)
+        "grads_list": ", ".join([f"_d_inputs.get({d.name!r})" for d in rec.inputs] +
+                                [f"_d_params.get({d.name!r})" for d in rec.params]),
+        "d_initial_gets": ", ".join(f"_d_initial.get({s.name!r})" for s in rec.states),
+        "no_initial": "(" + "None, " * len(rec.states) + ")",
+        # the public function's results from the op's: output or tuple, final state or tuple
+        "pack_output": "_results[0]" if len(rec.outputs) == 1 else f"tuple(_results[:{len(rec.outputs)}])",
+        "pack_final": f"_results[{len(rec.outputs)}]" if len(rec.states) == 1 else
+                      f"tuple(_results[{len(rec.outputs)}:{len(rec.outputs) + len(rec.states)}])",
     }
 
 
@@ -113,6 +127,7 @@ def render_module(rec: ir.Recurrence, strategy: str | None = None, tiles: dict |
         lowered=lowered is not None,
         source=lowered.source.rstrip() if lowered is not None else "",
         call_args=", ".join(names),
+        call_args_list=names,
         first_arg=names[0],
         consts=[_identifier(c.name) for c in rec.consts],
         inputs=", ".join(shape(d) for d in rec.inputs),

@@ -102,13 +102,18 @@ def _tensor_key(t):
 def _call_key(args: tuple, kwargs: dict):
     """A hashable summary of the call (types, shapes, dtypes, devices, const values,
     option keys), or None where the call is unusual (non-tensors, symbolic shapes, ...)."""
-    if not all(type(t) in _TENSORS for t in args):
-        return None
+    key = []
+    for t in args:
+        if type(t) not in _TENSORS:
+            return None
+        key += (t.shape, t.dtype, t.device)
     init = kwargs.get("initial_state")
-    if init is None or type(init) in _TENSORS:
-        given = init
+    if init is None:
+        given = None
+    elif type(init) in _TENSORS:
+        given = _tensor_key(init)
     elif type(init) in (tuple, list) and all(type(t) in _TENSORS for t in init):
-        given = (type(init),) + tuple(init)
+        given = (type(init),) + tuple(_tensor_key(t) for t in init)
     else:
         return None
     cu = kwargs.get("cu_seqlens")
@@ -116,16 +121,15 @@ def _call_key(args: tuple, kwargs: dict):
         return None
     options = []
     for k, v in kwargs.items():
-        if k in ("initial_state", "cu_seqlens"):
+        if k == "initial_state" or k == "cu_seqlens":
             continue
         if type(v) not in _PLAIN:
             return None
         options.append((k, type(v), v))
-    key = (tuple(_tensor_key(t) for t in args),
-           None if given is None else _tensor_key(given) if type(given) in _TENSORS else
-           given[:1] + tuple(_tensor_key(t) for t in given[1:]),
-           None if cu is None else _tensor_key(cu),
-           tuple(sorted(options)), "initial_state" in kwargs, "cu_seqlens" in kwargs)
+    if len(options) > 1:
+        options.sort()
+    key = (tuple(key), given, None if cu is None else _tensor_key(cu),
+           tuple(options), "initial_state" in kwargs, "cu_seqlens" in kwargs)
     try:
         hash(key)  # symbolic sizes (torch.compile's fake tensors) are not hashable
     except TypeError:
@@ -164,21 +168,34 @@ def rebind(call: Bound, args: tuple, initial: tuple | None = None, cu_seqlens=No
     """`call` with other tensors of the same shapes, dtypes and devices (inputs and params
     in signature order, initial states or None, cu_seqlens): every check `bind` made of
     `call` holds for them. `rebind(call, ())` keeps the checked facts without the tensors."""
-    given = None if initial is None or all(t is None for t in initial) else tuple(initial)
-    kwargs = {"initial_state": given, "output_final_state": call.output_final_state, "cu_seqlens": cu_seqlens}
-    return _bound(call.rec, args, kwargs, dict(call.consts), dict(call.dims), call.B, call.T, call.H)
+    _, inputs, params, states = _names(call.rec)
+    given = None if initial is None or all(t is None for t in initial) else dict(zip(states, initial))
+    return Bound(call.rec, dict(zip(inputs, args)), dict(zip(params, args[len(inputs):])) if params else {},
+                 dict(call.consts), dict(call.dims), call.B, call.T, call.H, given, call.output_final_state,
+                 cu_seqlens)
+
+
+# (rec, names of its inputs, params and states) by id of the Recurrence, for _bound
+_NAMES: dict = {}
+
+
+def _names(rec: ir.Recurrence) -> tuple:
+    hit = _NAMES.get(id(rec))
+    if hit is None or hit[0] is not rec:
+        hit = _NAMES[id(rec)] = (rec, tuple(d.name for d in rec.inputs), tuple(d.name for d in rec.params),
+                                 tuple(s.name for s in rec.states))
+    return hit
 
 
 def _bound(rec, args, kwargs, consts, dims, B, T, H) -> Bound:
     """The Bound of an already checked call."""
-    n = len(rec.inputs)
+    _, inputs, params, states = _names(rec)
     init = kwargs.get("initial_state")
     initial = None
     if init is not None:
         given = (init,) if isinstance(init, torch.Tensor) else tuple(init)
-        initial = {s.name: t for s, t in zip(rec.states, given)}
-    return Bound(rec, {d.name: t for d, t in zip(rec.inputs, args)},
-                 {d.name: t for d, t in zip(rec.params, args[n:])},
+        initial = dict(zip(states, given))
+    return Bound(rec, dict(zip(inputs, args)), dict(zip(params, args[len(inputs):])) if params else {},
                  consts, dims, B, T, H, initial, bool(kwargs.get("output_final_state", False)),
                  kwargs.get("cu_seqlens"))
 
