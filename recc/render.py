@@ -90,7 +90,6 @@ def _op_names(rec: ir.Recurrence) -> dict:
         "param_names": repr([d.name for d in rec.params]),
         "n_tensors": len(tensors), "n_consts": len(consts), "n_states": len(rec.states),
         "n_results": len(rec.outputs) + len(rec.states),
-        "first_input": rec.inputs[0].name,
         # the op's results in order: outputs, then final states (from _forward's dicts)
         "results_list": ", ".join([f"_outputs[{o.name!r}]" for o in rec.outputs] +
                                   [f"_finals[{s.name!r}]" for s in rec.states]),

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,6 +43,9 @@ class Bound:
     output_final_state: bool
     cu_seqlens: torch.Tensor | None
     requires_grad: bool = False   # set by the op: will a backward follow (kernels then save checkpoints)
+    # what the strategy's host code derived from the checked facts (e.g. its launch tiles), shared
+    # by `rebind`: the backward of a call reuses what its forward worked out
+    memo: dict = field(default_factory=dict)
 
     @property
     def sequences(self) -> list:
@@ -100,8 +103,9 @@ def _tensor_key(t):
 
 
 def _call_key(args: tuple, kwargs: dict):
-    """A hashable summary of the call (types, shapes, dtypes, devices, const values,
-    option keys), or None where the call is unusual (non-tensors, symbolic shapes, ...)."""
+    """A summary of the call (types, shapes, dtypes, devices, const values, option keys), or
+    None where the call is unusual (non-tensors, ...). Symbolic sizes (torch.compile's fake
+    tensors) make it unhashable: `bind` then checks the call in full."""
     key = []
     for t in args:
         if type(t) not in _TENSORS:
@@ -128,13 +132,8 @@ def _call_key(args: tuple, kwargs: dict):
         options.append((k, type(v), v))
     if len(options) > 1:
         options.sort()
-    key = (tuple(key), given, None if cu is None else _tensor_key(cu),
-           tuple(options), "initial_state" in kwargs, "cu_seqlens" in kwargs)
-    try:
-        hash(key)  # symbolic sizes (torch.compile's fake tensors) are not hashable
-    except TypeError:
-        return None
-    return key
+    return (tuple(key), given, None if cu is None else _tensor_key(cu),
+            tuple(options), "initial_state" in kwargs, "cu_seqlens" in kwargs)
 
 
 def _check_cu_values(op: str, cu, T: int) -> None:
@@ -149,7 +148,11 @@ def bind(rec: ir.Recurrence, args: tuple, kwargs: dict, check_values: bool = Tru
     A call shaped like one checked before reuses that check (see `_BOUND_CACHE`)."""
     key = None if torch.compiler.is_compiling() else _call_key(args, kwargs)
     if key is not None:
-        hit = _BOUND_CACHE.get((id(rec), key))
+        key = (id(rec), key)
+        try:
+            hit = _BOUND_CACHE.get(key)
+        except TypeError:  # symbolic sizes are not hashable
+            hit = key = None
         if hit is not None and hit[0] is rec:
             _, consts, dims, B, T, H = hit
             cu = kwargs.get("cu_seqlens")
@@ -160,19 +163,20 @@ def bind(rec: ir.Recurrence, args: tuple, kwargs: dict, check_values: bool = Tru
     if key is not None:
         if len(_BOUND_CACHE) >= _BOUND_CACHE_SIZE:
             _BOUND_CACHE.clear()
-        _BOUND_CACHE[(id(rec), key)] = (rec, dict(call.consts), dict(call.dims), call.B, call.T, call.H)
+        _BOUND_CACHE[key] = (rec, dict(call.consts), dict(call.dims), call.B, call.T, call.H)
     return call
 
 
 def rebind(call: Bound, args: tuple, initial: tuple | None = None, cu_seqlens=None) -> Bound:
     """`call` with other tensors of the same shapes, dtypes and devices (inputs and params
     in signature order, initial states or None, cu_seqlens): every check `bind` made of
-    `call` holds for them. `rebind(call, ())` keeps the checked facts without the tensors."""
+    `call` holds for them, and its `memo` too. The two share consts, dims and memo (nothing
+    mutates the first two). `rebind(call, ())` keeps the checked facts without the tensors."""
     _, inputs, params, states = _names(call.rec)
     given = None if initial is None or all(t is None for t in initial) else dict(zip(states, initial))
     return Bound(call.rec, dict(zip(inputs, args)), dict(zip(params, args[len(inputs):])) if params else {},
-                 dict(call.consts), dict(call.dims), call.B, call.T, call.H, given, call.output_final_state,
-                 cu_seqlens)
+                 call.consts, call.dims, call.B, call.T, call.H, given, call.output_final_state,
+                 cu_seqlens, memo=call.memo)
 
 
 # (rec, names of its inputs, params and states) by id of the Recurrence, for _bound
