@@ -97,7 +97,8 @@ def _op_names(rec: ir.Recurrence) -> dict:
         "grads_list": ", ".join([f"_d_inputs.get({d.name!r})" for d in rec.inputs] +
                                 [f"_d_params.get({d.name!r})" for d in rec.params]),
         "d_initial_gets": ", ".join(f"_d_initial.get({s.name!r})" for s in rec.states),
-        "no_initial": "(" + "None, " * len(rec.states) + ")",
+        "no_initial": "(None,)" if len(rec.states) == 1 else "(" + ", ".join(["None"] * len(rec.states)) + ")",
+        "grads_missing": " or ".join(f"_grads[{i}] is None" for i in range(len(rec.inputs) + len(rec.params))),
         # the public function's results from the op's: output or tuple, final state or tuple
         "pack_output": "_results[0]" if len(rec.outputs) == 1 else f"tuple(_results[:{len(rec.outputs)}])",
         "pack_final": f"_results[{len(rec.outputs)}]" if len(rec.states) == 1 else

@@ -693,12 +693,12 @@ class RecurrentKernels:
     # --- host code
     def tiles_body(self) -> list:
         row, col = self.layout.row, self.layout.col
-        lines = [f"BR = triton.next_power_of_2(dims[{row!r}])" if row else "BR = 1"]
+        lines = [f"BR = _pow2(dims[{row!r}])" if row else "BR = 1"]
         if col and self.col_tiled:
-            lines += [f"BC = min(triton.next_power_of_2(dims[{col!r}]), tiles['BV_bwd' if backward else 'BV'])",
-                      f"return BR, BC, triton.cdiv(dims[{col!r}], BC)"]
+            lines += [f"BC = min(_pow2(dims[{col!r}]), tiles['BV_bwd' if backward else 'BV'])",
+                      f"return BR, BC, _cdiv(dims[{col!r}], BC)"]
         elif col:
-            lines += [f"BC = triton.next_power_of_2(dims[{col!r}])  # a step sums over {col}: one tile",
+            lines += [f"BC = _pow2(dims[{col!r}])  # a step sums over {col}: one tile",
                       "return BR, BC, 1"]
         else:
             lines += ["return BR, 1, 1"]
@@ -709,7 +709,7 @@ class RecurrentKernels:
                  "if not save:",
                  "    chunks = 0",
                  "elif call.cu_seqlens is None:",
-                 "    chunks = call.N * triton.cdiv(call.T, CHUNK)",
+                 "    chunks = call.N * _cdiv(call.T, CHUNK)",
                  "else:  # sum of ceil(length / CHUNK) over the sequences is at most this",
                  "    chunks = call.T // CHUNK + call.N",
                  "dims = call.dims"]
@@ -771,7 +771,7 @@ class RecurrentKernels:
             lines.append(f"    {s.name!r}: torch.empty({self.shape_text(lead, self.held_shape(s))}, **f32) "
                          f"if {s.name!r} in initial else None,")
         r = self.reg_steps
-        slots = "CHUNK" if r == 1 else f"triton.cdiv(CHUNK, {r})"
+        slots = "CHUNK" if r == 1 else f"_cdiv(CHUNK, {r})"
         lines += ["}", f"scratch = {{  # one incoming state per {r} steps of a chunk" if r > 1 else "scratch = {"]
         for s in rec.states:
             size = " * ".join({ROW: "BR", COL: "BC"}[a] for a in self.axes[s.name]) or "1"
