@@ -172,6 +172,9 @@ def rebind(call: Bound, args: tuple, initial: tuple | None = None, cu_seqlens=No
     in signature order, initial states or None, cu_seqlens): every check `bind` made of
     `call` holds for them, and its `memo` too. The two share consts, dims and memo (nothing
     mutates the first two). `rebind(call, ())` keeps the checked facts without the tensors."""
+    if not args and initial is None:   # the checked facts alone
+        return Bound(call.rec, {}, {}, call.consts, call.dims, call.B, call.T, call.H, None,
+                     call.output_final_state, cu_seqlens, memo=call.memo)
     _, inputs, params, states = _names(call.rec)
     given = None if initial is None or all(t is None for t in initial) else dict(zip(states, initial))
     return Bound(call.rec, dict(zip(inputs, args)), dict(zip(params, args[len(inputs):])) if params else {},
