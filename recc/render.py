@@ -56,6 +56,20 @@ def _tiles_text(tiles: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in tiles.items()) or "none"
 
 
+def _wrapped(items: list, sep: str, newline: str, width: int = 88) -> str:
+    """items joined by sep, a line break (newline: the break and the next line's indent) before
+    an item that would pass `width` characters."""
+    lines = [""]
+    for item in items:
+        piece = (sep if lines[-1] else "") + item
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines[-1] += sep.rstrip()
+            lines.append(item)
+        else:
+            lines[-1] += piece
+    return newline.join(lines)
+
+
 def _op_names(rec: ir.Recurrence) -> dict:
     """Names of the custom op's flat arguments: spec names for tensors and
     consts, fresh names (never a spec name) for the rest."""
@@ -127,7 +141,7 @@ def render_module(rec: ir.Recurrence, strategy: str | None = None, tiles: dict |
         lowered=lowered is not None,
         source=lowered.source.rstrip() if lowered is not None else "",
         call_args=", ".join(names),
-        call_args_list=names,
+        requires_any=_wrapped([f"{n}.requires_grad" for n in names], " or ", "\n" + " " * 12),
         first_arg=names[0],
         consts=[_identifier(c.name) for c in rec.consts],
         inputs=", ".join(shape(d) for d in rec.inputs),
