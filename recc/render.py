@@ -141,6 +141,7 @@ def render_module(rec: ir.Recurrence, strategy: str | None = None, tiles: dict |
         lowered=lowered is not None,
         source=lowered.source.rstrip() if lowered is not None else "",
         call_args=", ".join(names),
+        contiguous_all=_wrapped([f"{n}.is_contiguous()" for n in names], " and ", "\n" + " " * 12),
         requires_any=_wrapped([f"{n}.requires_grad" for n in names], " or ", "\n" + " " * 12),
         first_arg=names[0],
         consts=[_identifier(c.name) for c in rec.consts],
