@@ -56,6 +56,20 @@ def _tiles_text(tiles: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in tiles.items()) or "none"
 
 
+def _wrapped(items: list, sep: str, newline: str, width: int = 88) -> str:
+    """items joined by sep, a line break (newline: the break and the next line's indent) before
+    an item that would pass `width` characters."""
+    lines = [""]
+    for item in items:
+        piece = (sep if lines[-1] else "") + item
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines[-1] += sep.rstrip()
+            lines.append(item)
+        else:
+            lines[-1] += piece
+    return newline.join(lines)
+
+
 def _op_names(rec: ir.Recurrence) -> dict:
     """Names of the custom op's flat arguments: spec names for tensors and
     consts, fresh names (never a spec name) for the rest."""
@@ -89,6 +103,20 @@ def _op_names(rec: ir.Recurrence) -> dict:
         "input_names": repr([d.name for d in rec.inputs]),
         "param_names": repr([d.name for d in rec.params]),
         "n_tensors": len(tensors), "n_consts": len(consts), "n_states": len(rec.states),
+        "n_results": len(rec.outputs) + len(rec.states),
+        # the op's results in order: outputs, then final states (from _forward's dicts)
+        "results_list": ", ".join([f"_outputs[{o.name!r}]" for o in rec.outputs] +
+                                  [f"_finals[{s.name!r}]" for s in rec.states]),
+        # the gradients of inputs and params in signature order (from _backward's dicts)
+        "grads_list": ", ".join([f"_d_inputs.get({d.name!r})" for d in rec.inputs] +
+                                [f"_d_params.get({d.name!r})" for d in rec.params]),
+        "d_initial_gets": ", ".join(f"_d_initial.get({s.name!r})" for s in rec.states),
+        "no_initial": "(None,)" if len(rec.states) == 1 else "(" + ", ".join(["None"] * len(rec.states)) + ")",
+        "grads_missing": " or ".join(f"_grads[{i}] is None" for i in range(len(rec.inputs) + len(rec.params))),
+        # the public function's results from the op's: output or tuple, final state or tuple
+        "pack_output": "_results[0]" if len(rec.outputs) == 1 else f"tuple(_results[:{len(rec.outputs)}])",
+        "pack_final": f"_results[{len(rec.outputs)}]" if len(rec.states) == 1 else
+                      f"tuple(_results[{len(rec.outputs)}:{len(rec.outputs) + len(rec.states)}])",
     }
 
 
@@ -113,6 +141,8 @@ def render_module(rec: ir.Recurrence, strategy: str | None = None, tiles: dict |
         lowered=lowered is not None,
         source=lowered.source.rstrip() if lowered is not None else "",
         call_args=", ".join(names),
+        contiguous_all=_wrapped([f"{n}.is_contiguous()" for n in names], " and ", "\n" + " " * 12),
+        requires_any=_wrapped([f"{n}.requires_grad" for n in names], " or ", "\n" + " " * 12),
         first_arg=names[0],
         consts=[_identifier(c.name) for c in rec.consts],
         inputs=", ".join(shape(d) for d in rec.inputs),

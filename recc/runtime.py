@@ -185,11 +185,16 @@ def op_name(name: str, spec_hash: str) -> str:
 
 def kernels_available(device) -> bool:
     """Can Triton kernels run on this device: a GPU, or the CPU under TRITON_INTERPRET=1."""
-    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+    kind = device.type
+    return kind == "cuda" or (kind == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def check_contiguous(call) -> None:
     """Kernels index tensors as dense row-major blocks: name the argument that is not."""
+    if all(t.is_contiguous() for t in (*call.inputs.values(), *call.params.values(),
+                                         *(call.initial_state or {}).values())) and \
+            (call.cu_seqlens is None or call.cu_seqlens.is_contiguous()):
+        return
     op = call.rec.name
     named = list(call.inputs.items()) + list(call.params.items())
     named += [("initial_state" if len(call.rec.states) == 1 else f"initial_state[{k}]", v)

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,6 +43,9 @@ class Bound:
     output_final_state: bool
     cu_seqlens: torch.Tensor | None
     requires_grad: bool = False   # set by the op: will a backward follow (kernels then save checkpoints)
+    # what the strategy's host code derived from the checked facts (e.g. its launch tiles), shared
+    # by `rebind`: the backward of a call reuses what its forward worked out
+    memo: dict = field(default_factory=dict)
 
     @property
     def sequences(self) -> list:
@@ -100,15 +103,21 @@ def _tensor_key(t):
 
 
 def _call_key(args: tuple, kwargs: dict):
-    """A hashable summary of the call (types, shapes, dtypes, devices, const values,
-    option keys), or None where the call is unusual (non-tensors, symbolic shapes, ...)."""
-    if not all(type(t) in _TENSORS for t in args):
-        return None
+    """A summary of the call (types, shapes, dtypes, devices, const values, option keys), or
+    None where the call is unusual (non-tensors, ...). Symbolic sizes (torch.compile's fake
+    tensors) make it unhashable: `bind` then checks the call in full."""
+    key = []
+    for t in args:
+        if type(t) not in _TENSORS:
+            return None
+        key += (t.shape, t.dtype, t.device)
     init = kwargs.get("initial_state")
-    if init is None or type(init) in _TENSORS:
-        given = init
+    if init is None:
+        given = None
+    elif type(init) in _TENSORS:
+        given = _tensor_key(init)
     elif type(init) in (tuple, list) and all(type(t) in _TENSORS for t in init):
-        given = (type(init),) + tuple(init)
+        given = (type(init),) + tuple(_tensor_key(t) for t in init)
     else:
         return None
     cu = kwargs.get("cu_seqlens")
@@ -116,21 +125,15 @@ def _call_key(args: tuple, kwargs: dict):
         return None
     options = []
     for k, v in kwargs.items():
-        if k in ("initial_state", "cu_seqlens"):
+        if k == "initial_state" or k == "cu_seqlens":
             continue
         if type(v) not in _PLAIN:
             return None
         options.append((k, type(v), v))
-    key = (tuple(_tensor_key(t) for t in args),
-           None if given is None else _tensor_key(given) if type(given) in _TENSORS else
-           given[:1] + tuple(_tensor_key(t) for t in given[1:]),
-           None if cu is None else _tensor_key(cu),
-           tuple(sorted(options)), "initial_state" in kwargs, "cu_seqlens" in kwargs)
-    try:
-        hash(key)  # symbolic sizes (torch.compile's fake tensors) are not hashable
-    except TypeError:
-        return None
-    return key
+    if len(options) > 1:
+        options.sort()
+    return (tuple(key), given, None if cu is None else _tensor_key(cu),
+            tuple(options), "initial_state" in kwargs, "cu_seqlens" in kwargs)
 
 
 def _check_cu_values(op: str, cu, T: int) -> None:
@@ -145,7 +148,11 @@ def bind(rec: ir.Recurrence, args: tuple, kwargs: dict, check_values: bool = Tru
     A call shaped like one checked before reuses that check (see `_BOUND_CACHE`)."""
     key = None if torch.compiler.is_compiling() else _call_key(args, kwargs)
     if key is not None:
-        hit = _BOUND_CACHE.get((id(rec), key))
+        key = (id(rec), key)
+        try:
+            hit = _BOUND_CACHE.get(key)
+        except TypeError:  # symbolic sizes are not hashable
+            hit = key = None
         if hit is not None and hit[0] is rec:
             _, consts, dims, B, T, H = hit
             cu = kwargs.get("cu_seqlens")
@@ -156,29 +163,46 @@ def bind(rec: ir.Recurrence, args: tuple, kwargs: dict, check_values: bool = Tru
     if key is not None:
         if len(_BOUND_CACHE) >= _BOUND_CACHE_SIZE:
             _BOUND_CACHE.clear()
-        _BOUND_CACHE[(id(rec), key)] = (rec, dict(call.consts), dict(call.dims), call.B, call.T, call.H)
+        _BOUND_CACHE[key] = (rec, dict(call.consts), dict(call.dims), call.B, call.T, call.H)
     return call
 
 
 def rebind(call: Bound, args: tuple, initial: tuple | None = None, cu_seqlens=None) -> Bound:
     """`call` with other tensors of the same shapes, dtypes and devices (inputs and params
     in signature order, initial states or None, cu_seqlens): every check `bind` made of
-    `call` holds for them. `rebind(call, ())` keeps the checked facts without the tensors."""
-    given = None if initial is None or all(t is None for t in initial) else tuple(initial)
-    kwargs = {"initial_state": given, "output_final_state": call.output_final_state, "cu_seqlens": cu_seqlens}
-    return _bound(call.rec, args, kwargs, dict(call.consts), dict(call.dims), call.B, call.T, call.H)
+    `call` holds for them, and its `memo` too. The two share consts, dims and memo (nothing
+    mutates the first two). `rebind(call, ())` keeps the checked facts without the tensors."""
+    if not args and initial is None:   # the checked facts alone
+        return Bound(call.rec, {}, {}, call.consts, call.dims, call.B, call.T, call.H, None,
+                     call.output_final_state, cu_seqlens, memo=call.memo)
+    _, inputs, params, states = _names(call.rec)
+    given = None if initial is None or all(t is None for t in initial) else dict(zip(states, initial))
+    return Bound(call.rec, dict(zip(inputs, args)), dict(zip(params, args[len(inputs):])) if params else {},
+                 call.consts, call.dims, call.B, call.T, call.H, given, call.output_final_state,
+                 cu_seqlens, memo=call.memo)
+
+
+# (rec, names of its inputs, params and states) by id of the Recurrence, for _bound
+_NAMES: dict = {}
+
+
+def _names(rec: ir.Recurrence) -> tuple:
+    hit = _NAMES.get(id(rec))
+    if hit is None or hit[0] is not rec:
+        hit = _NAMES[id(rec)] = (rec, tuple(d.name for d in rec.inputs), tuple(d.name for d in rec.params),
+                                 tuple(s.name for s in rec.states))
+    return hit
 
 
 def _bound(rec, args, kwargs, consts, dims, B, T, H) -> Bound:
     """The Bound of an already checked call."""
-    n = len(rec.inputs)
+    _, inputs, params, states = _names(rec)
     init = kwargs.get("initial_state")
     initial = None
     if init is not None:
         given = (init,) if isinstance(init, torch.Tensor) else tuple(init)
-        initial = {s.name: t for s, t in zip(rec.states, given)}
-    return Bound(rec, {d.name: t for d, t in zip(rec.inputs, args)},
-                 {d.name: t for d, t in zip(rec.params, args[n:])},
+        initial = dict(zip(states, given))
+    return Bound(rec, dict(zip(inputs, args)), dict(zip(params, args[len(inputs):])) if params else {},
                  consts, dims, B, T, H, initial, bool(kwargs.get("output_final_state", False)),
                  kwargs.get("cu_seqlens"))
 

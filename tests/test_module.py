@@ -139,6 +139,21 @@ def test_the_op_is_a_custom_op_with_autograd():
     assert all(a.grad is not None for a in args)
 
 
+def test_gradients_of_gradients_are_refused():
+    """The eager backward is once differentiable: under create_graph=True its gradients carry
+    the error autograd raises when they are differentiated again (not silently wrong ones)."""
+    op = gla_op()
+    args = [t.requires_grad_() for t in gla_args()]
+    out, _ = op(*args)
+    grads = torch.autograd.grad((out * out).sum(), args, create_graph=True)   # d out = 2 out: differentiable
+    assert all(g.requires_grad for g in grads)
+    with pytest.raises(RuntimeError, match="differentiate twice a function that was marked with @once_differentiable"):
+        sum(g.sum() for g in grads).backward()
+    out, _ = op(*args)
+    grads = torch.autograd.grad((out * out).sum(), args)   # the plain backward: no graph of the gradients
+    assert not any(g.requires_grad for g in grads)
+
+
 def test_no_checkpoints_are_saved_without_gradients():
     op = gla_op()
     q, k, v, g = gla_args()

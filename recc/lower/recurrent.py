@@ -606,6 +606,10 @@ class RecurrentKernels:
         dims += [str(d) if isinstance(d, int) else f"dims[{d!r}]" for d in shape]
         return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
+    def sizes_text(self, lead: str, shape) -> str:
+        """shape_text without the parentheses: torch.empty(*sizes) parses faster than a tuple."""
+        return self.shape_text(lead, shape)[1:-1].rstrip(",")
+
     def fwd_args(self) -> list:
         rec, n = self.rec, self.names
         args = [(n[d.name]["ptr"], f"input {d.name} [B, T, H{''.join(', ' + str(x) for x in d.shape)}]",
@@ -693,12 +697,12 @@ class RecurrentKernels:
     # --- host code
     def tiles_body(self) -> list:
         row, col = self.layout.row, self.layout.col
-        lines = [f"BR = triton.next_power_of_2(dims[{row!r}])" if row else "BR = 1"]
+        lines = [f"BR = _pow2(dims[{row!r}])" if row else "BR = 1"]
         if col and self.col_tiled:
-            lines += [f"BC = min(triton.next_power_of_2(dims[{col!r}]), tiles['BV_bwd' if backward else 'BV'])",
-                      f"return BR, BC, triton.cdiv(dims[{col!r}], BC)"]
+            lines += [f"BC = min(_pow2(dims[{col!r}]), tiles['BV_bwd' if backward else 'BV'])",
+                      f"return BR, BC, _cdiv(dims[{col!r}], BC)"]
         elif col:
-            lines += [f"BC = triton.next_power_of_2(dims[{col!r}])  # a step sums over {col}: one tile",
+            lines += [f"BC = _pow2(dims[{col!r}])  # a step sums over {col}: one tile",
                       "return BR, BC, 1"]
         else:
             lines += ["return BR, 1, 1"]
@@ -709,7 +713,7 @@ class RecurrentKernels:
                  "if not save:",
                  "    chunks = 0",
                  "elif call.cu_seqlens is None:",
-                 "    chunks = call.N * triton.cdiv(call.T, CHUNK)",
+                 "    chunks = call.N * _cdiv(call.T, CHUNK)",
                  "else:  # sum of ceil(length / CHUNK) over the sequences is at most this",
                  "    chunks = call.T // CHUNK + call.N",
                  "dims = call.dims"]
@@ -734,10 +738,10 @@ class RecurrentKernels:
         lines = self.host_header()
         lines.append(f"dtype = call.inputs[{first!r}].dtype")
         lines.append("outputs = {")
-        lines += [f"    {o.name!r}: torch.empty({self.shape_text('B, T, H', o.shape)}, dtype=dtype, device=device),"
+        lines += [f"    {o.name!r}: torch.empty({self.sizes_text('B, T, H', o.shape)}, dtype=dtype, device=device),"
                   for o in rec.outputs]
         lines += ["}", "finals = {  # as the kernel holds them"]
-        lines += [f"    {s.name!r}: torch.empty({self.shape_text('N, H', self.held_shape(s))}, dtype=torch.float32, "
+        lines += [f"    {s.name!r}: torch.empty({self.sizes_text('N, H', self.held_shape(s))}, dtype=torch.float32, "
                   f"device=device)," for s in rec.states]
         lines += ["}",
                   "save = call.requires_grad",
@@ -768,21 +772,21 @@ class RecurrentKernels:
                   "d_initial = {"]
         for s in rec.states:
             lead = "NV, N, H" if self.partial(s.name) else "N, H"
-            lines.append(f"    {s.name!r}: torch.empty({self.shape_text(lead, self.held_shape(s))}, **f32) "
+            lines.append(f"    {s.name!r}: torch.empty({self.sizes_text(lead, self.held_shape(s))}, **f32) "
                          f"if {s.name!r} in initial else None,")
         r = self.reg_steps
-        slots = "CHUNK" if r == 1 else f"triton.cdiv(CHUNK, {r})"
+        slots = "CHUNK" if r == 1 else f"_cdiv(CHUNK, {r})"
         lines += ["}", f"scratch = {{  # one incoming state per {r} steps of a chunk" if r > 1 else "scratch = {"]
         for s in rec.states:
             size = " * ".join({ROW: "BR", COL: "BC"}[a] for a in self.axes[s.name]) or "1"
-            lines.append(f"    {s.name!r}: torch.empty((NV * N * H, {slots}, {size}), **f32),")
+            lines.append(f"    {s.name!r}: torch.empty(NV * N * H, {slots}, {size}, **f32),")
         lines += ["}", "grads = {"]
         for d in rec.inputs:
             lead = "NV, B, T, H" if self.partial(d.name) else "B, T, H"
             alloc = "empty" if self.fully_written(d.name) else "zeros"
-            lines.append(f"    {d.name!r}: torch.{alloc}({self.shape_text(lead, d.shape)}, **f32),")
+            lines.append(f"    {d.name!r}: torch.{alloc}({self.sizes_text(lead, d.shape)}, **f32),")
         for d in rec.params:
-            lines.append(f"    {d.name!r}: torch.zeros({self.shape_text('NV, N, H', d.shape)}, **f32),")
+            lines.append(f"    {d.name!r}: torch.zeros({self.sizes_text('NV, N, H', d.shape)}, **f32),")
         lines.append("}")
         lines += self.launch(self.bwd_kernel, self.bwd_args(), "tiles['num_warps_bwd']")
         lines.append("d_inputs = {")
