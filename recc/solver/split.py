@@ -53,32 +53,11 @@ def split_points(problem: Problem, terms: Sequence[Term], limit: int | None = 1)
     term reads an undeclared variable or a constraint reads the own variables of two terms."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
-    names = [v.name for v in problem.variables]
-    readers: dict[str, list[str]] = {n: [] for n in names}
-    for t in terms:
-        for v in t.variables:
-            if v not in readers:
-                raise ValueError(f"term {t.name} reads {v}, which is not a variable of the problem")
-            readers[v].append(t.name)
-    own_of = {v: ts[0] for v, ts in readers.items() if len(ts) == 1}
-    shared = [n for n in names if n not in own_of]
-    # constraints: over shared variables only, or belonging to the one term whose own variables they read
-    shared_cons, term_cons = [], {t.name: [] for t in terms}
-    reads = {}
-    for c in problem.constraints:
-        reads[c.label] = {v.name for v in c.variables()}
-        owners = {own_of[v] for v in reads[c.label] if v in own_of}
-        if len(owners) > 1:
-            raise ValueError(f"constraint {c.label} reads the own variables of terms {sorted(owners)}")
-        (term_cons[owners.pop()] if owners else shared_cons).append(c)
-
+    names, shared, reads, shared_cons, term_cons, own_needed = _decompose(problem, terms)
     nodes = 0
     parts = []          # per term: (term, own names, needed shared names, {shared values: [(cost, own values)]})
     for t in terms:
-        own = [n for n in names if own_of.get(n) == t.name]
-        needed = {v for v in t.variables if v not in own_of}
-        needed |= {v for c in term_cons[t.name] for v in reads[c.label] if v not in own_of}
-        needed = [n for n in names if n in needed]
+        own, needed = own_needed[t.name]
         buckets: dict = {}
         if own:
             variables = [v for v in problem.variables if v.name in own or v.name in needed]
@@ -134,6 +113,38 @@ def split_points(problem: Problem, terms: Sequence[Term], limit: int | None = 1)
         raise Infeasible(full.core())
     full.nodes = nodes
     return [full.solution(key) for key in found]
+
+
+def _decompose(problem: Problem, terms: Sequence[Term]) -> tuple:
+    """The separable structure `split_points` and `term_points` share: (variable names in
+    declaration order, shared names (read by several terms, or by none), {constraint label:
+    names it reads}, the constraints over shared variables only, {term: the constraints that
+    read its own variables}, {term: (own names, needed shared names)}); `needed` are the shared
+    variables a term reads or is constrained with. Raises ValueError if a term reads an
+    undeclared variable or a constraint reads the own variables of two terms."""
+    names = [v.name for v in problem.variables]
+    readers: dict[str, list[str]] = {n: [] for n in names}
+    for t in terms:
+        for v in t.variables:
+            if v not in readers:
+                raise ValueError(f"term {t.name} reads {v}, which is not a variable of the problem")
+            readers[v].append(t.name)
+    own_of = {v: ts[0] for v, ts in readers.items() if len(ts) == 1}
+    shared = [n for n in names if n not in own_of]
+    # constraints: over shared variables only, or belonging to the one term whose own variables they read
+    reads = {c.label: {v.name for v in c.variables()} for c in problem.constraints}
+    shared_cons, term_cons = [], {t.name: [] for t in terms}
+    for c in problem.constraints:
+        owners = {own_of[v] for v in reads[c.label] if v in own_of}
+        if len(owners) > 1:
+            raise ValueError(f"constraint {c.label} reads the own variables of terms {sorted(owners)}")
+        (term_cons[owners.pop()] if owners else shared_cons).append(c)
+    own_needed = {}
+    for t in terms:
+        needed = {v for v in t.variables if v not in own_of}
+        needed |= {v for c in term_cons[t.name] for v in reads[c.label] if v not in own_of}
+        own_needed[t.name] = ([n for n in names if own_of.get(n) == t.name], [n for n in names if n in needed])
+    return names, shared, reads, shared_cons, term_cons, own_needed
 
 
 def _getter(positions: list) -> Callable:
@@ -201,26 +212,10 @@ def term_points(problem: Problem, terms: Sequence[Term]) -> tuple:
     reads or is constrained with; the full feasible points are exactly the shared points s
     combined with, for each term, any of its own points listed under s's needed values (the
     same decomposition `split_points` uses). A term with no own variables maps to ((), needed, {})."""
-    names = [v.name for v in problem.variables]
-    readers: dict[str, list[str]] = {n: [] for n in names}
-    for t in terms:
-        for v in t.variables:
-            readers[v].append(t.name)
-    own_of = {v: ts[0] for v, ts in readers.items() if len(ts) == 1}
-    shared = [n for n in names if n not in own_of]
-    reads = {c.label: {v.name for v in c.variables()} for c in problem.constraints}
-    shared_cons, term_cons = [], {t.name: [] for t in terms}
-    for c in problem.constraints:
-        owners = {own_of[v] for v in reads[c.label] if v in own_of}
-        if len(owners) > 1:
-            raise ValueError(f"constraint {c.label} reads the own variables of terms {sorted(owners)}")
-        (term_cons[owners.pop()] if owners else shared_cons).append(c)
+    names, shared, reads, shared_cons, term_cons, own_needed = _decompose(problem, terms)
     out = {}
     for t in terms:
-        own = [n for n in names if own_of.get(n) == t.name]
-        needed = {v for v in t.variables if v not in own_of}
-        needed |= {v for c in term_cons[t.name] for v in reads[c.label] if v not in own_of}
-        needed = [n for n in names if n in needed]
+        own, needed = own_needed[t.name]
         buckets: dict = {}
         if own:
             variables = [v for v in problem.variables if v.name in own or v.name in needed]
