@@ -444,17 +444,18 @@ def test_the_scan_host_code_launches_the_solvers_tiles(tmp_path, monkeypatch):
     family, dims, device, key, shape = spy.calls[0]
     assert (family, dims, device, key) == ("scan", {"B": 2, "T": 64, "H": 2, "D": 20}, "cpu", spec_key(rec))
     assert shape == launch_shape(rec, "scan")[1] == families_of(rec)["scan"][1]
-    call = __import__("recc.signature", fromlist=["bind"]).bind(rec, tuple(args), {})
-    _, _, block, bd, nw = module._scan_tiles(call)[:5]
+    bind = __import__("recc.signature", fromlist=["bind"]).bind
+    call = lambda: bind(rec, tuple(args), {})             # a call's tiles stay in its memo: a fresh one each time
+    _, _, block, bd, nw = module._scan_tiles(call())[:5]
     chosen = choose_tiles("scan", dims, INTERPRETER, **shape).assignment
     assert (block, bd, nw) == ({"BT": chosen["BT"], "BD": chosen["BD"]}, chosen["BD"], chosen["num_warps"])
     # another choice reaches the kernels (two channel tiles, blocks of 32), and an override wins over it
     module._LAUNCHED.clear()
     monkeypatch.setattr(module, "_launch_tiles", Spy({"BT": 32, "BD": 16}))
-    assert module._scan_tiles(call)[2:4] == ({"BT": 32, "BD": 16}, 16)
+    assert module._scan_tiles(call())[2:4] == ({"BT": 32, "BD": 16}, 16)
     assert_close_to_reference(op, rec, args, {})
     module._SCAN_TILES.update(BD=32)
-    assert module._scan_tiles(call)[2:4] == ({"BT": 32, "BD": 32}, 32)
+    assert module._scan_tiles(call())[2:4] == ({"BT": 32, "BD": 32}, 32)
     module._SCAN_TILES.clear()
     assert len(spy.calls) == 1                            # cached per shape
 
@@ -482,8 +483,8 @@ def test_the_chunked_host_code_launches_the_solvers_tiles(tmp_path, monkeypatch)
     assert shape == families_of(rec)["chunked"][1]
     chosen = choose_tiles("chunked", dims, INTERPRETER, **shape).assignment
     assert module._launch(call) == chosen and {"wy_BV", "wyb_BV", "BI"} <= set(chosen)
-    module._TILES.update(BT=32, dqk_warps=2)
-    assert module._launch(call) == {**chosen, "BT": 32, "dqk_warps": 2}
+    module._TILES.update(BT=32, dqk_warps=2)                  # reaches the next call (a call keeps its tiles)
+    assert module._launch(bind(rec, tuple(args), {})) == {**chosen, "BT": 32, "dqk_warps": 2}
     module._TILES.clear()
 
 
@@ -537,6 +538,7 @@ def test_the_recurrent_host_code_launches_the_solvers_tiles(tmp_path, monkeypatc
                       "CHUNK": 8}
     assert module._tiles(call.dims, chosen) == (8, 16, 2)               # V = 24 in two column tiles of 16
     module.TILES.update(BV=8)
+    call = bind(rec, tuple(args), {})                                   # the next call (a call keeps its tiles)
     assert module._tiles(call.dims, module._launch(call)) == (8, 8, 3)  # an override wins
     module.TILES.clear()
 
