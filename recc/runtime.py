@@ -228,6 +228,17 @@ def fresh_states(rec, call, device) -> dict:
     return out
 
 
+def cdiv(a: int, b: int) -> int:
+    """triton.cdiv for the generated host code, in plain integer arithmetic (triton's is a wrapped
+    call costing a few microseconds a launch on the host)."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """triton.next_power_of_2 (for n >= 1; 0 for n <= 0), in plain integer arithmetic."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def or_zeros(x, shape, kwargs):
     """A gradient that autograd may leave out (None) or hand over strided: dense, or zeros."""
     import torch

@@ -753,6 +753,7 @@ def lower_chunked(rec: ir.Recurrence, tiles: dict | None = None) -> Lowered:
                launch_shape=literal(_launch_shape(rec, form)), spec_key=spec_key(rec),
                per_step=per_step, layout=layout_src)
     header = "import math\nimport os\n\nimport torch\nimport triton\nimport triton.language as tl\n\n" \
+        "from recc.runtime import cdiv as _cdiv, next_pow2 as _pow2\n" \
         "from recc.tiles import launch_tiles as _launch_tiles\n\n" \
         "# _backward differentiates the per-step expressions with torch.autograd\n_BACKWARD_USES_AUTOGRAD = True\n\n"
     kernels = ("chunked_common.jinja",) + (("chunked_fwd.jinja", "chunked_bwd.jinja") if form.normaliser is None
