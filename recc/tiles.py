@@ -295,7 +295,7 @@ def _kernel(hw: Hardware, code: Code, *, programs: int, warps: int, elems: float
 
 def _limits(hw: Hardware) -> dict:
     return {"WARP": hw.warp_size, "MAX_REGS": hw.max_regs_per_thread, "REGS_BLOCK": hw.regs_per_block,
-            "SMEM_BLOCK": hw.smem_per_block, "L2": hw.l2_bytes, "REG_BASE": REG_BASE}
+            "SMEM_BLOCK": hw.smem_per_block, "L2": hw.l2_bytes, "REG_BASE": REG_BASE, "GPU": int(not hw.interpreter)}
 
 
 # recurrent ---------------------------------------------------------------------------------
@@ -404,8 +404,7 @@ def cell_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
 
 def scan_consts(d: dict, s: dict, hw: Hardware) -> dict:
     return {"D": d["D"], "DP": max(16, _pow2(d["D"])), "TP": max(16, _pow2(d["T"])), "ELEMS": s["elements"],
-            "LOADS": s["loads"], "BLOADS": s["loads"] + s["states"] + s["outputs"], "GPU": int(not hw.interpreter),
-            **_limits(hw)}
+            "LOADS": s["loads"], "BLOADS": s["loads"] + s["states"] + s["outputs"], **_limits(hw)}
 
 
 def scan_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
@@ -442,7 +441,7 @@ def chunked_consts(d: dict, s: dict, hw: Hardware) -> dict:
     key = int(s["per_key"])
     return {"K": d["K"], "V": d["V"], "KP": max(16, _pow2(d["K"])), "VP": max(16, _pow2(d["V"])),
             "NS": s["substeps"], "HH": int(s["householder"]), "KEY": key, "NORM": int(s["normaliser"]),
-            "GPU": int(not hw.interpreter), "TP": max(16, _pow2(d["T"])), **_limits(hw)}
+            "TP": max(16, _pow2(d["T"])), **_limits(hw)}
 
 
 def chunked_kernels(s: dict) -> tuple:
