@@ -114,6 +114,8 @@ def cmd_compile(args) -> int:
     from .runtime import write_atomic
     rec = load(args.file)
     out = Path(args.output) if args.output else Path(args.file).with_suffix(".py")
+    if out.is_dir():
+        out = out / f"{rec.name}.py"
     if out.resolve() == Path(args.file).resolve():
         raise ReccError(f"{out}: refusing to overwrite the spec itself")
     write_atomic(out, render_module(rec, strategy=args.strategy))
@@ -140,7 +142,7 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("compile", help="compile a spec into an importable Python module",
                        description="Compile a spec into a Python module exposing the op and its reference.")
     m.add_argument("file", metavar="FILE", help="a .rec spec")
-    m.add_argument("-o", "--output", metavar="OUT.py", help="where to write the module (default: FILE with .py)")
+    m.add_argument("-o", "--output", metavar="OUT.py", help="where to write the module, a file or an existing directory (default: FILE with .py)")
     m.add_argument("--strategy", choices=("chunked", "scan", "cell", "recurrent"),
                    help="use this strategy (default: the best one that lowers the spec)")
     m.set_defaults(run=cmd_compile)

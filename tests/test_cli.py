@@ -167,6 +167,11 @@ def test_compile_writes_next_to_the_spec_by_default(tmp_path, capsys):
     assert status == 0 and (tmp_path / "fo.py").exists()
 
 
+def test_compile_into_a_directory_names_the_module_after_the_recurrence(tmp_path, capsys):
+    status, out, err = run(["compile", str(ROOT / "specs" / "first_order.rec"), "-o", str(tmp_path)], capsys)
+    assert status == 0 and (tmp_path / "first_order.py").exists() and err == ""
+
+
 def test_compile_of_a_bad_spec_writes_nothing(tmp_path, capsys):
     spec = tmp_path / "bad.rec"
     spec.write_text("recurrence bad\n  dims K\n  input x[K]\n  state s[K]\n  s = s @ x\n  output o = s\n")
