@@ -85,13 +85,25 @@ class Code:
                                   # masks, the pipeline's barrier and bookkeeping)
     reg_comfort: float = 1e9      # registers per thread beyond which a program's own work slows in
                                   # proportion (spills; loads serialised for want of registers)
+    warp_cycles: float = 0.0      # cycles an iteration adds per warp of the program (layout changes of
+                                  # tl.dot operands and results through shared memory, which every warp
+                                  # takes part in; operand tiles replicated across the warps of a small tile)
+    load_wait: float = 1.0        # a load's latency as a multiple of the hardware's unloaded one (loads queue
+                                  # behind those of the other programs on the SM)
 
 
 CODE = {
     "recurrent": Code(cpi=1.0),
     "cell": Code(cpi=1.0),
     "scan": Code(cpi=1.0, move_ops=4.0, iteration=150.0),
+    # chunked_householder: fit to the H200 sweep of DeltaNet's seven kernels (benchmarks/tile_sweep.py, 1191 points at
+    # BT = 16, 32; results/2026-12-03-h200-sweep-delta_net.json), with the per-warp tile bounds of
+    # templates/chunked.constraints: cpi, move_ops, warp_cycles and load_wait chosen on a grid to minimise the
+    # time the model's pick per kernel (at each BT = 32 shared point) loses to the measured best: 15% -> 3%
+    # Only the householder kernels (DeltaNet, gated DeltaNet, DeltaProduct) were swept; the others keep
+    # the earlier calibration ("chunked") until their sweeps run.
     "chunked": Code(cpi=2.0, move_ops=12.0, reg_comfort=96.0),
+    "chunked_householder": Code(cpi=0.25, move_ops=6.0, reg_comfort=96.0, warp_cycles=200.0, load_wait=8.0),
 }
 
 
@@ -273,20 +285,21 @@ def _kernel(hw: Hardware, code: Code, *, programs: int, warps: int, elems: float
     sm_tc = per_flop / min(1.0, warps * sharing / TC_WARPS)            # ... with its co-resident programs
     crowding = max(1.0, regs / code.reg_comfort)
     per_lane = code.cpi * crowding * cycle / threads
-    floor = hw.step_latency + (_sync(warps) + code.iteration) * cycle
+    floor = hw.step_latency + (_sync(warps) + code.iteration + code.warp_cycles * warps) * cycle
     move = code.move_ops / 2
 
     flops, loads, stores, l2, ops = loop
     ops += move * (loads + stores + l2)
     chain = floor + ops * per_lane + crowding * flops * own_tc + loads * per_byte + l2 * per_l2 + serial * cycle
     busy = max(flops * sm_tc, (loads + stores) * per_byte + l2 * per_l2, ops * per_op)
-    hidden = 0.0 if stages == 1 else min(hw.memory_latency, (stages - 1) * chain)
-    latency = iters * (chain + hw.memory_latency - hidden)
+    memory = hw.memory_latency * code.load_wait
+    hidden = 0.0 if stages == 1 else min(memory, (stages - 1) * chain)
+    latency = iters * (chain + memory - hidden)
     flops, loads, stores, l2, ops = once
     ops += move * (loads + stores + l2)
     chain = floor + ops * per_lane + crowding * flops * own_tc + loads * per_byte + l2 * per_l2
     tail = max(flops * sm_tc, (loads + stores) * per_byte + l2 * per_l2, ops * per_op)
-    latency += chain + hw.memory_latency + extra
+    latency += chain + memory + extra
     throughput = -(-programs // min(hw.sms, programs)) * (iters * busy + tail)
     return LAUNCH + max(throughput, -(-programs // (hw.sms * per_sm)) * latency)
 
@@ -468,6 +481,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
     K, V, KP, NS = d["K"], d["V"], c["KP"], c["NS"]
     HH, KEY = c["HH"], c["KEY"]
     gated = int(s["gated"])
+    code = CODE["chunked_householder" if HH else "chunked"]
 
     def cd(n, b):
         return -(-n // b)
@@ -491,7 +505,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         pairs = (nc - 1) / 2
         loop = (pairs * 2 * BC * BC * KB, BC * KB * 8, 0, pairs * BC * KB * 12 + BC * KB * 6,
                 pairs * 6 * BC * KB + BC * (8 * BC * KB + 2 * BC * BC))
-        return _kernel(hw, CODE["chunked"], programs=nc * NT * H, warps=a["a_warps"], stages=a["a_stages"],
+        return _kernel(hw, code, programs=nc * NT * H, warps=a["a_warps"], stages=a["a_stages"],
                        elems=BC * BC + 6 * BC * KB, smem=a["a_stages"] * BC * KB * 8,
                        iters=cd(K, KB), loop=loop, once=(0, 0, BC * BT * 2, 0, BC * BT),
                        serial=BC * 100 + pairs * 40)    # a column's row sum: shuffles across lanes
@@ -509,7 +523,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         once = (2 * BT * BT * KP * 2 + levels * 2 * 2 * BT ** 3, BT * KP * 2, 2 * BT * BT * 4 + BT * KP * 2,
                 2 * (BI - 1) * BT * 4, subst + levels * 4 * BT * BT + 4 * BT * KP)
         loop = (2 * BT * BT * BV, BT * BV * 2, BT * BV * 2, 0, 3 * BT * BV)
-        return _kernel(hw, CODE["chunked"], programs=NT * H, warps=a["wy_warps"], stages=a["wy_stages"],
+        return _kernel(hw, code, programs=NT * H, warps=a["wy_warps"], stages=a["wy_stages"],
                        elems=4 * BT * BT + BT * BI + 2 * BT * KP + 2 * BT * BV,
                        smem=a["wy_stages"] * BT * BV * 4 + BT * BT * 4 + BT * KP * 2,
                        iters=cd(V, BV), loop=loop, once=once, extra=chain)
@@ -521,7 +535,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         hbm, l2 = shared(KP * BT * 2 + HH * BT * KP * 2 + KEY * KP * BT * 4, nv)
         loop = (2 * KP * BT * BV * (1 + HH), hbm + BT * BV * 2, KP * BV * 2 + HH * BT * BV * 4, l2,
                 2 * KP * BV + (2 + 3 * gated) * BT * BV + KEY * 4 * KP * BT + HH * 2 * BT * BV)
-        return _kernel(hw, CODE["chunked"], programs=B * H * nv, warps=a["h_warps"], stages=a["h_stages"],
+        return _kernel(hw, code, programs=B * H * nv, warps=a["h_warps"], stages=a["h_stages"],
                        elems=KP * BV + BT * BV + KP * BT // 2 + HH * (BT * KP // 2 + BT * BV) + KEY * KP * BT,
                        smem=a["h_stages"] * (KP * BT + BT * BV + HH * BT * KP) * 2 + KP * BV * 2,
                        iters=NC, loop=loop, once=(0, KP * BV * 4, KP * BV * 4, 0, 2 * KP * BV))
@@ -535,7 +549,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         loop = (2 * KP * BTT * BV + HH * 4 * BT * KP * BV, hbm + BTT * BV * 2 + HH * BT * BV * 4,
                 KP * BV * 2 + HH * BT * BV * 4, l2,
                 2 * KP * BV + 4 * KP * BTT + KEY * 4 * KP * BTT + HH * (3 * BT * BV + 2 * BT * KP))
-        return _kernel(hw, CODE["chunked"], programs=B * H * nv, warps=a["dh_warps"], stages=a["dh_stages"],
+        return _kernel(hw, code, programs=B * H * nv, warps=a["dh_warps"], stages=a["dh_stages"],
                        elems=KP * BV + (KP * BTT + BTT * BV) // 2 + HH * (BT * KP + BT * BV) + KEY * KP * BT,
                        smem=a["dh_stages"] * (KP * BTT + BTT * BV + HH * 2 * BT * KP) * 2 + KP * BV * 2,
                        iters=NC, loop=loop, once=(0, KP * BV * 4, KP * BV * 4, 0, 2 * KP * BV))
@@ -550,7 +564,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         ops = 2 * KB * BV + KEY * BTT * KB * 3
         a_hbm, a_l2 = shared(KEY * BTT * BT * 2, nv)       # per-key decays: the scores from kernel a
         once = (2 * BTT * BT * BV, BT * BV * 2 + a_hbm, BTT * BV * 2, a_l2, BTT * BT * 6 + BTT * BV * 4)
-        return _kernel(hw, CODE["chunked"], programs=nv * NT * H, warps=a["o_warps"], stages=a["o_stages"],
+        return _kernel(hw, code, programs=nv * NT * H, warps=a["o_warps"], stages=a["o_stages"],
                        elems=BTT * BV + BT * BT + (BTT * KB + BT * KB + KB * BV + BT * BV) // 2 + KEY * BTT * KB,
                        smem=a["o_stages"] * (BTT * KB + BT * KB + KB * BV) * 2 + (BT * BT + BT * BV) * 2,
                        iters=cd(K, KB), loop=(flops, hbm + KB * BV * 2, 0, l2, ops), once=once)
@@ -568,7 +582,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         a_hbm, a_l2 = shared(KEY * BT * BT * 2, nv)
         once = (2 * BT * BTT * BV * (1 + KEY), BTT * BV * 2 + KEY * BT * BV * 2 + a_hbm,
                 BT * BV * (4 if HH else 2) + KEY * BT * BT * 4, a_l2, BT * BTT * 6 + BT * BV * 5 + KEY * BT * BT * 2)
-        return _kernel(hw, CODE["chunked"], programs=nv * NT * H, warps=a["dv_warps"], stages=a["dv_stages"],
+        return _kernel(hw, code, programs=nv * NT * H, warps=a["dv_warps"], stages=a["dv_stages"],
                        elems=BT * BTT + 2 * BT * BV + (2 * BT * KB + KB * BV + BT * BV) // 2
                        + KEY * (BT * KB + BT * BT),
                        smem=a["dv_stages"] * (2 * BT * KB + KB * BV) * 2 + (BT * BT + BT * BV) * 2,
@@ -589,7 +603,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                 BC * BT + pairs * 4 * BC * KB + BC * KB * 10 + BC * BC * KB * 12)
         dv_hbm, dv_l2 = shared(2 * BT * V * 2, nk)           # do, v (every K block reads them)
         once = (2 * 2 * BT * V * KB, 2 * KB * V * 2 + dv_hbm + BT * KB * 6, 0, dv_l2, 3 * KB * V + 12 * BT * KB)
-        return _kernel(hw, CODE["chunked"], programs=nk * NT * H, warps=a["dqk_warps"], stages=a["dqk_stages"],
+        return _kernel(hw, code, programs=nk * NT * H, warps=a["dqk_warps"], stages=a["dqk_stages"],
                        # registers: fit to ptxas on sm_90 (BT = 64, 4 and 8 warps)
                        elems=3 * BT * KB + 4 * BC * KB + BT * BV + KB * BV,
                        smem=a["dqk_stages"] * (2 * BT * BV + 2 * KB * BV) * 2 + 4 * BT * KB * 2,
@@ -607,7 +621,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                 2 * KB * BV + BT * BV + HH * BT * BV)
         once = (2 * 2 * BTT * BT * KB, (BTT * KB + BT * KB) * 2, (BTT * KB + BT * KB) * 2 + BT * 4 * (gated + 1), 0,
                 BTT * BT * 6 + 4 * BT * KB)
-        return _kernel(hw, CODE["chunked"], programs=nk * NT * H, warps=a["dqk_warps"], stages=a["dqk_stages"],
+        return _kernel(hw, code, programs=nk * NT * H, warps=a["dqk_warps"], stages=a["dqk_stages"],
                        elems=2 * BT * KB + BT * BT + HH * (BT * KB + BT * BV) + (2 * BT * BV + 2 * KB * BV) // 2,
                        smem=a["dqk_stages"] * (2 * BT * BV + 2 * KB * BV + HH * 2 * BT * BV) * 2
                        + (BT * BT + BT * KB) * 2,
@@ -621,7 +635,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         loop = (2 * 2 * BT * BT * BV, BT * BV * (4 + 2), BT * BV * 2, 0, 2 * BT * BV)
         once = (2 * 4 * BT * BT * K + 2 * 2 * BT * BT * BT, BT * K * (2 + 4 + 4), BT * K * 2, BT * K * (2 + 4),
                 8 * BT * BT + 4 * BT * K)
-        return _kernel(hw, CODE["chunked"], programs=NT * H, warps=a["wyb_warps"], stages=a["wyb_stages"],
+        return _kernel(hw, code, programs=NT * H, warps=a["wyb_warps"], stages=a["wyb_stages"],
                        elems=4 * BT * BT + 3 * BT * BV + BT * KB,
                        smem=a["wyb_stages"] * BT * BV * 6 + BT * BT * 4 + BT * KB * 2,
                        iters=cd(V, BV), loop=loop, once=once)

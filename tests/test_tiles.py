@@ -199,6 +199,26 @@ def test_h200_chunked_scalar_decays(spec):
     assert choose_tiles("chunked", dims, H200, **shape).assignment == SCALAR_CHUNKED
 
 
+HOUSEHOLDER_H200 = {"BT": 32, "BI": 8, "BKS": 64, "wy_BV": 128, "wy_warps": 4, "wy_stages": 3, "h_BV": 64,
+                    "h_warps": 4, "h_stages": 3, "o_BV": 64, "o_warps": 2, "o_stages": 2, "dv_BV": 64,
+                    "dv_warps": 2, "dv_stages": 2, "dh_BV": 32, "dh_warps": 8, "dh_stages": 3, "dqk_BV": 32,
+                    "dqk_warps": 2, "dqk_stages": 3, "wyb_BV": 64, "wyb_warps": 2, "wyb_stages": 3}
+
+
+def test_h200_chunked_householder_against_the_sweep():
+    """tile_sweep.py --ops delta_net on an H200 (results/2026-12-03-h200-sweep-delta_net.json): every
+    point of all seven kernels at BT = 16, 32 timed; the fastest kernels sum to 1.447 ms, these (the
+    solver's) to 1.532 (+6%), the solver's choice before the recalibration to 3.116. Kernels at BT = 64
+    failed there (constraint hh_chunk_gpu)."""
+    dims, shape = main_shape("delta_net", "chunked", K=128, V=128)
+    assert choose_tiles("chunked", dims, H200, **shape).assignment == HOUSEHOLDER_H200
+    for spec in ("gated_delta_net", "delta_product"):
+        dims, shape = main_shape(spec, "chunked", K=128, V=128)
+        for T in (512, 4096, 32768):
+            t = choose_tiles("chunked", dict(dims, T=T), H200, **shape)
+            assert t["BT"] == 32 and max(t[k] for k in t.assignment if k.endswith("_warps")) <= 8
+
+
 def test_h100_chunked_per_key_and_householder_choices_are_sane():
     """Not measured yet on a GPU: the model's properties, not its numbers. Per-key decays compute a
     chunk's scores in every V block of o: one V block; the UT transform's [BT, BT] inverse stays in
