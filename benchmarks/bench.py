@@ -682,10 +682,14 @@ def main(argv=None) -> int:
                 continue
             print(f"== {case.op} vs {case.anchor}, T={T}", flush=True)
             rows.append(run_case(i, case, T, a, meta))
+            # each row as it completes, and the JSON so far: a run cut short (a timeout, a crash of a
+            # compiler) keeps the rows it finished
+            print_table(rows[-1:])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(rows, indent=1))
+            sys.stdout.flush()
     print()
     print_table(rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
     print(f"wrote {out}")
     plot(rows, out.with_suffix(".png"))
     return 0
