@@ -482,7 +482,7 @@ class FreshProcesses:
         try:
             conn.send((fn, args))
             kind, value = conn.recv()
-        except (EOFError, OSError):
+        except (EOFError, OSError):                       # e.g. a segmentation fault
             proc.join(5)
             kind, value = "raised", f"WorkerDied: the worker process ended (exit code {proc.exitcode})"
         if kind == "raised" and value.startswith("WorkerDied") or _leaves(kind, value):
@@ -572,7 +572,7 @@ def precompile(op: Op, runs: list, shared: list, jobs: int, deadline: float, in_
                 todo = [("run", i, r["assignment"]) for i, r in enumerate(runs) if _key(r["base"]) not in crashed["bases"]]
                 tasks = [todo[i:i + size] for i in range(0, len(todo), size)]
             pending = {pool.submit(_compile_task, op.name, op.device, op.sizes, [a for _, _, a in c]): c for c in tasks}
-            count, finished = len(pending), 0
+            count, finished, shown = len(pending), 0, 0
             while pending:
                 ready, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
                 for f in ready:
@@ -582,7 +582,14 @@ def precompile(op: Op, runs: list, shared: list, jobs: int, deadline: float, in_
                         res = f.result()
                     except Exception as e:  # noqa: BLE001
                         print(f"  compile task failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
-                        continue
+                        if not str(e).startswith("WorkerDied") or not task:
+                            continue
+                        if len(task) > 1:               # which run killed it: each again, alone
+                            count += len(task)
+                            for x in task:
+                                pending[pool.submit(_compile_task, op.name, op.device, op.sizes, [x[2]])] = [x]
+                            continue
+                        res = {"done": 0, "failed": 0, "crashed": [0, str(e)]}
                     done, failed = done + res["done"], failed + res["failed"]
                     if not res["crashed"]:
                         crashed["alone_ok"].update(k for kind, k, _ in task if kind == "alone")
@@ -601,7 +608,8 @@ def precompile(op: Op, runs: list, shared: list, jobs: int, deadline: float, in_
                     count += len(retry)
                     for c in retry:
                         pending[pool.submit(_compile_task, op.name, op.device, op.sizes, [x for _, _, x in c])] = c
-                if finished % max(1, count // 10) == 0 or not pending:
+                if finished >= shown + max(1, count // 10) or not pending:
+                    shown = finished
                     print(f"  compiled {finished}/{count} tasks ({phase}), {time.time() - t0:.0f} s", flush=True)
                 if time.time() > deadline and pending:
                     print("  time budget: the remaining compile tasks are cancelled", flush=True)

@@ -106,7 +106,8 @@ def test_dry_run_crash_in_the_main_process(tmp_path, monkeypatch):
 def test_precompile_isolates_crashes():
     """precompile's bookkeeping (with a stand-in compile task, in process): a task stops at the run that
     crashed, the runs after it are tried in a fresh task, and a crashed run is retried point by point:
-    one whose crash a single point reproduces names it; one that crashes only as a combination names none."""
+    one whose crash a single point reproduces names it; one that crashes only as a combination names none;
+    a task whose worker died is split into one task a run, to name the run that killed it."""
     from types import SimpleNamespace
     terms = [SimpleNamespace(name="ka", variables=("S", "a")), SimpleNamespace(name="kb", variables=("S", "b"))]
     op = SimpleNamespace(name="fake", device="cpu", sizes={}, solver={"S": 0, "a": 0, "b": 0}, terms=terms)
@@ -119,6 +120,8 @@ def test_precompile_isolates_crashes():
             ran.append(x)
             if x["a"] == 3 or x["a"] == x["b"] == 7:          # a=3 alone crashes; a=7 only with b=7
                 return {"done": i, "failed": 0, "crashed": [i, "AcceleratorError: CUDA error: an illegal memory access"]}
+            if x["a"] == x["b"] == 9:                          # kills its worker (as FreshProcesses reports it)
+                raise RuntimeError("WorkerDied: the worker process ended (exit code -11)")
         return {"done": len(assignments), "failed": 0, "crashed": None}
 
     orig = tile_sweep._compile_task
@@ -127,9 +130,9 @@ def test_precompile_isolates_crashes():
         c = tile_sweep.precompile(op, runs, ["S"], 1, float("inf"), in_process=True)["crashed"]
     finally:
         tile_sweep._compile_task = orig
-    assert set(c["runs"]) == {2, 6} and not c["bases"]
+    assert set(c["runs"]) == {2, 6, 8} and not c["bases"] and c["runs"][8].startswith("WorkerDied")
     assert set(c["alone"]) == {(2, "ka")}
-    assert c["alone_ok"] == {(2, "kb"), (6, "ka"), (6, "kb")}
+    assert c["alone_ok"] == {(2, "kb"), (6, "ka"), (6, "kb"), (8, "ka"), (8, "kb")}
     assert all(r["assignment"] in ran for r in runs)         # the untried ones too
     assert sum(x == runs[2]["assignment"] for x in ran) == 1  # a crashed run is not run again
 
