@@ -736,9 +736,9 @@ def sweep(op: Op, p: dict, args, deadline: float, crashes: dict | None = None) -
                   f"({', '.join(r['new'])}) alone: {run_crash}", flush=True)
 
     def on_broken(e, i):
-        where = e.where
-        entry = {"kernel": where["kernel"], "point": where["point"], "error": str(e), "assignment": where["point"],
-                 "where": f"main process, {where['while']}"}
+        where, t = e.where, e.where["kernel"]
+        entry = {"kernel": t, "point": dict(zip(p["read"][t], kpoint(t, where["point"])[1])) if t else where["point"],
+                 "error": str(e), "assignment": where["point"], "where": f"main process, {where['while']}"}
         if where["kernel"] is None and i is not None and where["point"] == p["runs"][i]["assignment"]:
             entry["new"] = p["runs"][i]["new"]
         crashed.append(entry)
