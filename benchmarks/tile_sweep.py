@@ -22,8 +22,13 @@ the points grouped by (shared values, dv_BV).
    not yet covered point in every kernel's slot, the model's best point where a kernel has none
    left), the model's likeliest first (the solver's shared values, then by the model's best
    objective), so a --time-budget or --max-points cut keeps the points the model ranks first.
-2. compile: the runs in a pool of --jobs processes (spawned, sharing TRITON_CACHE_DIR), each a
+2. compile: the runs in --jobs worker processes (spawned, sharing TRITON_CACHE_DIR), each a
    forward+backward at the main shape: every kernel variant compiled once, into the disk cache.
+   A GPU fault (an illegal address: sticky, every later CUDA call of the process fails; any error
+   `context_broken` recognises) stops the worker's task at the run that caused it; the runs after
+   it go to a fresh process (a worker is replaced after a fault), and a faulting run with several
+   new kernel points is retried point by point (each alone on the run's base, as in step 3) to
+   name the guilty ones. This process never runs what faulted in a worker.
 3. time, in this process: the solver's point first (the reference outputs), then each run: a
    forward+backward whose launches of the tuned kernels are recorded, its outputs, final states
    and every input's and param's gradient compared with the solver's on the same inputs (bf16
@@ -31,16 +36,24 @@ the points grouped by (shared values, dv_BV).
    its recorded launches (`triton.testing.do_bench`, median, L2 flushed). A run that fails or
    mismatches is split: each of its new kernel points alone with the model's best for the other
    kernels; a point that still fails is marked (error or mismatch) and never counts as a best.
+   A point that faulted in step 2 is marked failed ("crashed the GPU context in precompile"). A
+   fault here all the same stops the op's sweep (the rest not timed, `cut`: gpu_context) and the
+   later ops; the JSON is still written.
 4. per shared assignment, the best kernel points summed; the best combination of every shared
    assignment (and the solver's point) timed end to end (forward+backward, do_bench median) and
    checked again. best = the fastest of those end to end; ratio = solver / best.
 
 Each op's row (JSON under --out, a table printed last) has the solver's point and its times
 (forward+backward, per kernel), the best point and its times, both ratios (end to end and of
-the kernel sums), how many points were feasible and timed, the failed points, and `exhaustive`:
-true only when every feasible point of the op was timed or marked failed (`cut` says what stopped
-it: --shared, --max-points, --time-budget, --e2e-top). `--merge` joins rows of one op swept in
-parts over disjoint --shared values (exhaustive when the parts cover every shared assignment).
+the kernel sums), how many points were feasible and timed, the failed points, `crashed` (what
+faulted the GPU: kernel, point, error, where; kernel null: a run that faulted only as a whole),
+and `exhaustive`: true only when every feasible point of the op was timed or marked failed (`cut`
+says what stopped it: --shared, --max-points, --time-budget, --e2e-top, gpu_context). The summary
+names every crash. `--merge` joins rows of one op swept in parts over disjoint --shared values
+(exhaustive when the parts cover every shared assignment).
+
+Tests only: RECC_SWEEP_CRASH="o_stages=2" makes a run at an assignment with these values fault
+as CUDA's illegal address would, sticky (`_simulated_crash`); tests/test_tile_sweep.py.
 """
 from __future__ import annotations
 
@@ -55,6 +68,7 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -80,6 +94,54 @@ KERNEL_GLOBALS = {
 COST = {"compile": {"chunked": 1.0, "scan": 0.5}, "point": 0.04, "run": 0.15, "e2e": 0.6}
 
 
+# ---- a broken CUDA context ---------------------------------------------------------------------
+
+# the texts of errors after which a process's CUDA context is broken (sticky: every later CUDA call
+# in the process fails too); an out-of-memory or Triton's out-of-resources error is not one of them
+_BROKEN_CONTEXT = ("illegal memory access", "illegal address", "cuda error", "acceleratorerror",
+                   "unspecified launch failure", "misaligned address", "illegal instruction", "device-side assert")
+
+
+def context_broken(error) -> bool:
+    """Whether an exception (or its text) says that the process's CUDA context is broken."""
+    text = (error if isinstance(error, str) else f"{type(error).__name__}: {error}").lower()
+    return "out of memory" not in text and any(s in text for s in _BROKEN_CONTEXT)
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+class ContextBroken(RuntimeError):
+    """The main process's CUDA context broke (at `where`: the assignment being run)."""
+
+    def __init__(self, text: str, where: dict):
+        super().__init__(text)
+        self.where = where
+
+
+# Tests only: RECC_SWEEP_CRASH="o_stages=2;dv_BV=32,dv_warps=4" (";" between alternatives) makes a
+# run at an assignment holding all the values of one alternative raise an error that reads like
+# CUDA's illegal-address error, and, as on a GPU, every later run, replay or end-to-end call of that
+# process raise too. The dry run's in-process compile tasks clear it before and after each task
+# (a fresh process's healthy context).
+_SIMULATED = {}
+
+
+def _simulated_crash(assignment: dict | None = None):
+    spec = os.environ.get("RECC_SWEEP_CRASH")
+    if not spec:
+        return
+    if assignment is not None and "broken" not in _SIMULATED:
+        for part in spec.replace(" ", "").split(";"):
+            want = dict(x.split("=", 1) for x in part.split(",") if x)
+            if want and all(str(assignment.get(k)) == v for k, v in want.items()):
+                _SIMULATED["broken"] = part
+    if "broken" in _SIMULATED:
+        raise RuntimeError(f"CUDA error: an illegal memory access was encountered "
+                           f"(simulated, RECC_SWEEP_CRASH {_SIMULATED['broken']})")
+
+
 # ---- an op: its module, inputs, problem ------------------------------------------------------
 
 class Recorder:
@@ -99,6 +161,7 @@ class Recorder:
         return getattr(self.kernel, name)
 
     def replay(self):
+        _simulated_crash()
         for grid, args, kwargs in self.calls:
             self.kernel[grid](*args, **kwargs)
 
@@ -181,6 +244,7 @@ class Op:
         """Forward + backward at `assignment`; the launches of the tuned kernels are recorded.
         Returns [(name, tensor)] of the outputs, final states and gradients."""
         from recc.signature import bind
+        _simulated_crash(assignment)
         self.set(assignment)
         for r in self.recorders.values():
             r.calls.clear()
@@ -206,6 +270,7 @@ class Op:
         out = rec.outputs[0].name
 
         def fn():
+            _simulated_crash(assignment)
             self.set(assignment)
             call = bind(rec, tuple(self.args), {})
             call.requires_grad = True
@@ -338,65 +403,225 @@ def estimate(op: Op, p: dict, jobs: int) -> dict:
             "total_s": compile_s + time_s}
 
 
-# ---- compile in parallel ----------------------------------------------------------------------
+# ---- compile in parallel, each crash of the GPU context caught in a worker ----------------------
 
 _WORKER_OPS = {}
 
 
-def _compile_task(name: str, device: str, sizes: dict, assignments: list) -> tuple:
-    """In a worker: a forward+backward at each assignment (fills Triton's disk cache)."""
+def _compile_task(name: str, device: str, sizes: dict, assignments: list) -> dict:
+    """In a worker: a forward+backward at each assignment (fills Triton's disk cache). An error that
+    breaks the CUDA context stops the task at once: `crashed` = [its index, its text]; the
+    assignments after it were not tried. Other errors are counted (the timing pass reports them)."""
     key = (name, device, tuple(sorted(sizes.items())))
     if key not in _WORKER_OPS:
         _WORKER_OPS[key] = Op(name, device, sizes)
-    op, failed = _WORKER_OPS[key], 0
-    for a in assignments:
+    op, done, failed = _WORKER_OPS[key], 0, 0
+    for i, a in enumerate(assignments):
         try:
             op.run(a)
-        except Exception:  # noqa: BLE001 - the timing pass reports it
+            if device != "cpu":
+                import torch
+                torch.cuda.synchronize()        # an asynchronous fault is this assignment's, not the next one's
+        except Exception as e:  # noqa: BLE001
+            if context_broken(e):
+                return {"done": done, "failed": failed, "crashed": [i, _error_text(e)]}
             failed += 1
-    if device != "cpu":
-        import torch
-        torch.cuda.synchronize()
-    return len(assignments), failed
+        done += 1
+    return {"done": done, "failed": failed, "crashed": None}
 
 
-def precompile(op: Op, runs: list, jobs: int, deadline: float) -> dict:
-    """The runs' kernels compiled by `jobs` spawned processes (jobs <= 1: in this process)."""
+def _leaves(kind: str, value) -> bool:
+    """Whether a worker's answer says its CUDA context is broken (the worker ends)."""
+    return context_broken(value) if kind == "raised" else bool(isinstance(value, dict) and value.get("crashed"))
+
+
+def _serve(conn):
+    """A worker process: runs (fn, args) tasks sent on `conn` until None, or until one breaks its
+    CUDA context (it answers, then ends: its slot's next task starts a fresh process)."""
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        fn, args = task
+        try:
+            answer = ("ok", fn(*args))
+        except Exception as e:  # noqa: BLE001
+            answer = ("raised", f"{type(e).__name__}: {str(e)[:500]}")
+        conn.send(answer)
+        if _leaves(*answer):
+            return
+
+
+class FreshProcesses:
+    """`submit(fn, *args)` -> a future, run by one of `jobs` spawned worker processes. A worker is
+    reused while its CUDA context is healthy and replaced by a fresh process after a task that
+    broke it (or killed it), so every task starts in a healthy process (any Python 3)."""
+
+    def __init__(self, jobs: int):
+        self.ctx = multiprocessing.get_context("spawn")
+        self.slots = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs))
+        self.local, self.lock, self.workers = threading.local(), threading.Lock(), []
+
+    def submit(self, fn, *args):
+        return self.slots.submit(self._call, fn, args)
+
+    def _call(self, fn, args):
+        worker = getattr(self.local, "worker", None)
+        if worker is None:
+            conn, child = self.ctx.Pipe()
+            proc = self.ctx.Process(target=_serve, args=(child,), daemon=True)
+            proc.start()
+            child.close()
+            worker = self.local.worker = (proc, conn)
+            with self.lock:
+                self.workers.append(worker)
+        proc, conn = worker
+        try:
+            conn.send((fn, args))
+            kind, value = conn.recv()
+        except (EOFError, OSError):                       # e.g. a segmentation fault
+            proc.join(5)
+            kind, value = "raised", f"WorkerDied: the worker process ended (exit code {proc.exitcode})"
+        if kind == "raised" and value.startswith("WorkerDied") or _leaves(kind, value):
+            self.local.worker = None
+            self._stop(worker)
+        if kind == "raised":
+            raise RuntimeError(value)
+        return value
+
+    @staticmethod
+    def _stop(worker):
+        proc, conn = worker
+        try:
+            conn.send(None)
+        except OSError:
+            pass
+        proc.join(30)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+        conn.close()
+
+    def shutdown(self):
+        self.slots.shutdown(wait=True)
+        for w in self.workers:
+            if w[0].exitcode is None:
+                self._stop(w)
+
+
+class InProcess:
+    """The dry run's stand-in for FreshProcesses (--jobs 1 on the CPU, where no CUDA context can
+    break): each task runs here at once, the simulated crash (RECC_SWEEP_CRASH) cleared before and
+    after it, as a fresh process would start healthy. Never used on a GPU."""
+
+    def submit(self, fn, *args):
+        future = concurrent.futures.Future()
+        _SIMULATED.clear()
+        try:
+            future.set_result(fn(*args))
+        except Exception as e:  # noqa: BLE001
+            future.set_exception(e)
+        _SIMULATED.clear()
+        return future
+
+    def shutdown(self):
+        pass
+
+
+def alone(op: Op, shared: list, r: dict, t: str) -> dict:
+    """Run `r`'s new point of kernel `t` alone: its own values on the run's base (the group's model best)."""
+    own = [n for n in next(x.variables for x in op.terms if x.name == t) if n not in shared]
+    return {**r["base"], **{n: r["assignment"][n] for n in own}}
+
+
+def _key(a: dict) -> str:
+    return json.dumps(a, sort_keys=True)
+
+
+def precompile(op: Op, runs: list, shared: list, jobs: int, deadline: float, in_process: bool = False) -> dict:
+    """The runs' kernels compiled by `jobs` worker processes (FreshProcesses; `in_process`: the dry
+    run's InProcess). First the bases (the solver's point, the model's best of each shared assignment:
+    every run of a group fills the other kernels' slots with its base), then the runs in tasks of up
+    to 8. A task that breaks its worker's CUDA context names the assignment that did; the ones after
+    it go to a fresh process, and a crashed run with several new kernel points is retried point by
+    point (`alone`), each in a task of its own, to find the guilty ones. `crashed` (for `sweep`):
+    bases {key: error}, runs {index: error}, alone {(index, kernel): error}, alone_ok {(index, kernel)}."""
     t0 = time.time()
-    assignments = [r["assignment"] for r in runs]
-    if not assignments:
-        return {"seconds": 0.0, "runs": 0, "failed": 0}
-    if jobs <= 1:
-        done, failed = _compile_task(op.name, op.device, op.sizes, assignments)
-        return {"seconds": time.time() - t0, "runs": done, "failed": failed}
-    # first the model's best point of each shared assignment (every run of that assignment fills the
-    # other kernels' slots with it: compiled once here, not by every process at once), then the runs
-    bases = [dict(op.solver)]                      # the reference run's point too
+    crashed = {"bases": {}, "runs": {}, "alone": {}, "alone_ok": set()}
+    out = {"seconds": 0.0, "runs": 0, "failed": 0, "crashed": crashed}
+    if not runs:
+        return out
+    bases = [dict(op.solver)]
     for r in runs:
         if r["base"] not in bases:
             bases.append(r["base"])
-    size = max(1, min(8, len(assignments) // (jobs * 2) or 1))
+    size = max(1, min(8, len(runs) // (jobs * 2) or 1))
+    pool = InProcess() if in_process else FreshProcesses(jobs)
     done = failed = 0
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        for phase in ([[b] for b in bases], [assignments[i:i + size] for i in range(0, len(assignments), size)]):
-            futures = [pool.submit(_compile_task, op.name, op.device, op.sizes, c) for c in phase]
-            for i, f in enumerate(concurrent.futures.as_completed(futures)):
-                try:
-                    n, bad = f.result()
-                    done, failed = done + n, failed + bad
-                except Exception as e:  # noqa: BLE001
-                    print(f"  compile task failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
-                if (i + 1) % max(1, len(futures) // 10) == 0:
-                    print(f"  compiled {i + 1}/{len(futures)} tasks, {time.time() - t0:.0f} s", flush=True)
-                if time.time() > deadline:
+    try:
+        for phase in ("bases", "runs"):
+            if phase == "bases":
+                tasks = [[("base", _key(b), b)] for b in bases]
+            else:
+                if _key(op.solver) in crashed["bases"]:
+                    print("  the solver's point crashed the GPU context: the runs are not compiled", flush=True)
+                    break
+                todo = [("run", i, r["assignment"]) for i, r in enumerate(runs) if _key(r["base"]) not in crashed["bases"]]
+                tasks = [todo[i:i + size] for i in range(0, len(todo), size)]
+            pending = {pool.submit(_compile_task, op.name, op.device, op.sizes, [a for _, _, a in c]): c for c in tasks}
+            count, finished, shown = len(pending), 0, 0
+            while pending:
+                ready, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                for f in ready:
+                    task = pending.pop(f)
+                    finished += 1
+                    try:
+                        res = f.result()
+                    except Exception as e:  # noqa: BLE001
+                        print(f"  compile task failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                        if not str(e).startswith("WorkerDied") or not task:
+                            continue
+                        if len(task) > 1:               # which run killed it: each again, alone
+                            count += len(task)
+                            for x in task:
+                                pending[pool.submit(_compile_task, op.name, op.device, op.sizes, [x[2]])] = [x]
+                            continue
+                        res = {"done": 0, "failed": 0, "crashed": [0, str(e)]}
+                    done, failed = done + res["done"], failed + res["failed"]
+                    if not res["crashed"]:
+                        crashed["alone_ok"].update(k for kind, k, _ in task if kind == "alone")
+                        continue
+                    i, text = res["crashed"]
+                    kind, k, a = task[i]
+                    crashed["alone_ok"].update(x for kd, x, _ in task[:i] if kd == "alone")
+                    crashed[{"base": "bases", "run": "runs", "alone": "alone"}[kind]][k] = text
+                    retry = [task[i + 1:]] if task[i + 1:] else []          # untried: to a fresh process
+                    if kind == "run" and len(runs[k]["new"]) > 1:          # which new point is guilty
+                        retry += [[("alone", (k, t), alone(op, shared, runs[k], t))] for t in runs[k]["new"]]
+                    what = ("base" if kind == "base" else f"run {k} (new: {', '.join(runs[k]['new'])})"
+                            if kind == "run" else f"run {k[0]}'s {k[1]} alone")
+                    print(f"  CRASHED the GPU context: {what} {described(a)}: {text}; to fresh processes: "
+                          f"{len(task) - i - 1} untried, {len(retry) - bool(task[i + 1:])} kernel points alone", flush=True)
+                    count += len(retry)
+                    for c in retry:
+                        pending[pool.submit(_compile_task, op.name, op.device, op.sizes, [x for _, _, x in c])] = c
+                if finished >= shown + max(1, count // 10) or not pending:
+                    shown = finished
+                    print(f"  compiled {finished}/{count} tasks ({phase}), {time.time() - t0:.0f} s", flush=True)
+                if time.time() > deadline and pending:
                     print("  time budget: the remaining compile tasks are cancelled", flush=True)
-                    for g in futures:
+                    for g in pending:
                         g.cancel()
                     break
             if time.time() > deadline:
                 break
-    return {"seconds": time.time() - t0, "runs": done, "failed": failed}
+    finally:
+        pool.shutdown()
+    out.update(seconds=time.time() - t0, runs=done, failed=failed)
+    return out
 
 
 # ---- time ---------------------------------------------------------------------------------------
@@ -412,8 +637,9 @@ def make_timer(dry: bool, warmup: int, rep: int):
     return lambda fn: triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
-def sweep(op: Op, p: dict, args, deadline: float) -> dict:
-    """Steps 3 and 4 of the module docstring for one op; returns its result row."""
+def sweep(op: Op, p: dict, args, deadline: float, crashes: dict | None = None) -> dict:
+    """Steps 3 and 4 of the module docstring for one op; returns its result row. `crashes`: what
+    broke a worker's CUDA context in `precompile`; those assignments are never run here."""
     import torch
     dry = op.device == "cpu"
     sync = (lambda: None) if dry else torch.cuda.synchronize
@@ -422,6 +648,10 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
     tol = args.tol or TOL[str(op.dtype).replace("torch.", "")]
     kpoint = p["kpoint"]
     times, errors, failed = {}, {}, {}           # kernel point -> ms / rel err / reason
+    crashes = crashes or {"bases": {}, "runs": {}, "alone": {}, "alone_ok": set()}
+    crashed = []                                 # the row's: what broke a CUDA context, and where
+    if _key(op.solver) in crashes["bases"]:
+        raise RuntimeError(f"the solver's point crashed the GPU context in precompile: {crashes['bases'][_key(op.solver)]}")
 
     ref = [(n, v.detach().clone()) for n, v in op.run(op.solver)]
     sync()
@@ -432,6 +662,8 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
             try:
                 times[k] = kernel_timer(op.recorders[t].replay)
             except Exception as e:  # noqa: BLE001
+                if context_broken(e):
+                    raise ContextBroken(_error_text(e), {"kernel": t, "point": a, "while": "timing"}) from e
                 failed[k] = f"error while timing: {type(e).__name__}: {str(e)[:200]}"
 
     time_new([t.name for t in op.terms], op.solver)
@@ -444,38 +676,89 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
             got = op.run(a)
             sync()
         except Exception as e:  # noqa: BLE001
-            return False, f"error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", None
+            if context_broken(e):
+                raise ContextBroken(_error_text(e), {"kernel": None, "point": a, "while": "run"}) from e
+            return False, f"error: {_error_text(e)}", None
         err, which = rel_err(got, ref)
         if not err < tol:
             return False, f"mismatch: {which} rel err {err:.2e} against the solver's point", err
         return True, "", err
 
-    term_vars = {t.name: t.variables for t in op.terms}
-    cut = False
+    def described_k(k):
+        return f"{k[0]} {dict(zip(p['read'][k[0]], k[1]))}"
+
+    def crash(k, error, a, where):
+        failed[k] = f"crashed the GPU context in {where}: {error}"
+        crashed.append({"kernel": k[0], "point": dict(zip(p["read"][k[0]], k[1])), "error": error,
+                        "assignment": a, "where": where})
+        print(f"  {op.name}: {described_k(k)} CRASHED the GPU context ({where}): {error}", flush=True)
+
+    def run_one(i, r):
+        """Run `r` (index i): checked, its new points timed; a failing run split point by point."""
+        a = r["assignment"]
+        base_crash = crashes["bases"].get(_key(r["base"]))
+        if base_crash:                          # every run of the group holds the crashing base
+            for t in r["new"]:
+                failed[kpoint(t, a)] = f"not run: its group's base point crashed the GPU context in precompile: {base_crash}"
+            return
+        run_crash = crashes["runs"].get(i)
+        if run_crash and len(r["new"]) == 1:    # the run is its one new point alone on the base
+            crash(kpoint(r["new"][0], a), run_crash, a, "precompile")
+            return
+        if not run_crash:
+            ok, reason, err = attempt(a)
+            if ok:
+                for t in r["new"]:
+                    errors[kpoint(t, a)] = err
+                time_new(r["new"], a)
+                return
+        guilty = False
+        for t in r["new"]:                      # split: each new point alone, the model's best elsewhere
+            one, k = alone(op, p["shared"], r, t), kpoint(t, a)
+            if run_crash and (i, t) in crashes["alone"]:
+                crash(k, crashes["alone"][(i, t)], one, "precompile")
+                guilty = True
+                continue
+            if run_crash and (i, t) not in crashes["alone_ok"]:
+                failed[k] = f"not run: its run crashed the GPU context in precompile ({run_crash}), not retried alone"
+                continue
+            ok1, reason1, err1 = attempt(one)
+            if ok1:
+                errors[k] = err1
+                time_new([t], one)
+            else:
+                failed[k] = reason1
+                print(f"  {op.name}: {described_k(k)} FAILED {reason1}", flush=True)
+        if run_crash and not guilty:            # no point crashed alone: the combination did
+            crashed.append({"kernel": None, "point": a, "new": r["new"], "error": run_crash, "assignment": a,
+                            "where": "precompile, as a run (none of its new points alone)"})
+            print(f"  {op.name}: run {described(a)} CRASHED the GPU context (precompile), none of its new points "
+                  f"({', '.join(r['new'])}) alone: {run_crash}", flush=True)
+
+    def on_broken(e, i):
+        where, t = e.where, e.where["kernel"]
+        entry = {"kernel": t, "point": dict(zip(p["read"][t], kpoint(t, where["point"])[1])) if t else where["point"],
+                 "error": str(e), "assignment": where["point"], "where": f"main process, {where['while']}"}
+        if where["kernel"] is None and i is not None and where["point"] == p["runs"][i]["assignment"]:
+            entry["new"] = p["runs"][i]["new"]
+        crashed.append(entry)
+        at = "" if i is None else f", run {i} of {len(p['runs'])}"
+        text = f"the GPU context broke in this process ({where['while']} {described(where['point'])}{at}): {e}"
+        print(f"  {op.name}: {text}; this op's sweep stops here, what is left is not timed", flush=True)
+        return text
+
+    cut, broken = False, None
     stop = deadline - sum(g["selected"] for g in p["groups"]) * COST["e2e"] - 15      # room for the end-to-end timings and the JSON
     for i, r in enumerate(p["runs"]):
         if time.time() > stop:
             cut = True
             print(f"  time budget: stopped after {i} of {len(p['runs'])} runs", flush=True)
             break
-        a = r["assignment"]
-        ok, reason, err = attempt(a)
-        if ok:
-            for t in r["new"]:
-                errors[kpoint(t, a)] = err
-            time_new(r["new"], a)
-            continue
-        for t in r["new"]:                      # split: each new point alone, the model's best elsewhere
-            own = [n for n in term_vars[t] if n not in p["shared"]]
-            alone = {**r["base"], **{n: a[n] for n in own}}
-            ok1, reason1, err1 = attempt(alone)
-            k = kpoint(t, a)
-            if ok1:
-                errors[k] = err1
-                time_new([t], alone)
-            else:
-                failed[k] = reason1
-                print(f"  {op.name}: {t} {dict(zip(p['read'][t], k[1]))} FAILED {reason1}", flush=True)
+        try:
+            run_one(i, r)
+        except ContextBroken as e:          # sticky: nothing more can run in this process
+            broken = on_broken(e, i)
+            break
         if (i + 1) % 50 == 0:
             print(f"  {op.name}: {i + 1}/{len(p['runs'])} runs, {len(times)} kernel points timed", flush=True)
 
@@ -503,16 +786,28 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
     solver_sum = None if None in solver_parts.values() else sum(solver_parts.values())
     e2e = []
     candidates = [("solver", op.solver)] + [("shared", c["point"]) for c in per_shared[:args.e2e_top or None]]
-    for what, a in candidates:
-        ok, reason, err = attempt(a)
-        if not ok:
-            print(f"  {op.name}: end to end at {a}: {reason}", flush=True)
-            e2e.append({"what": what, "point": a, "fwd_bwd_ms": None, "error": reason})
-            continue
-        fn = op.fwd_bwd(a)
-        fn()
-        sync()
-        e2e.append({"what": what, "point": a, "fwd_bwd_ms": e2e_timer(fn), "rel_err": err})
+    for what, a in candidates if not broken else []:
+        try:
+            ok, reason, err = attempt(a)
+            if not ok:
+                print(f"  {op.name}: end to end at {a}: {reason}", flush=True)
+                e2e.append({"what": what, "point": a, "fwd_bwd_ms": None, "error": reason})
+                continue
+            fn = op.fwd_bwd(a)
+            try:
+                fn()
+                sync()
+                ms = e2e_timer(fn)
+            except Exception as e:  # noqa: BLE001
+                if context_broken(e):
+                    raise ContextBroken(_error_text(e), {"kernel": None, "point": a, "while": "end to end"}) from e
+                raise
+        except ContextBroken as e:
+            broken = on_broken(e, None)
+            break
+        e2e.append({"what": what, "point": a, "fwd_bwd_ms": ms, "rel_err": err})
+    if broken and not e2e:
+        e2e.append({"what": "solver", "point": op.solver, "fwd_bwd_ms": None, "error": f"not run: {broken}"})
     for c in per_shared:
         c["fwd_bwd_ms"] = next((x["fwd_bwd_ms"] for x in e2e[1:] if x["point"] == c["point"]), None)
     solver_ms = e2e[0]["fwd_bwd_ms"]
@@ -522,7 +817,7 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
     best_kernels = per_shared[0] if per_shared else None
     attempted = all(kpoint(t.name, {**g["shared"], **o}) in times or kpoint(t.name, {**g["shared"], **o}) in failed
                     for g in p["groups"] if g["selected"] for t in op.terms for o in g["own"][t.name])
-    exhaustive = p["complete"] and not cut and attempted and (args.e2e_top or math.inf) >= len(per_shared)
+    exhaustive = p["complete"] and not cut and not broken and attempted and (args.e2e_top or math.inf) >= len(per_shared)
     points = [{"kernel": k[0], "point": dict(zip(p["read"][k[0]], k[1])), "ms": ms, "rel_err": errors.get(k)}
               for k, ms in times.items()]
     points += [{"kernel": k[0], "point": dict(zip(p["read"][k[0]], k[1])), "ms": None, "failed": why}
@@ -542,12 +837,14 @@ def sweep(op: Op, p: dict, args, deadline: float) -> dict:
                      "kernel_points": p["feasible_kernel_points"],
                      "kernel_points_total": sum(p["feasible_kernel_points"].values()), "joint_points": p["joint"]},
         "timed": {"kernel_points": len(times), "failed_kernel_points": len(failed), "runs": len(p["runs"]),
-                  "end_to_end": len(timed_e2e)},
+                  "end_to_end": len(timed_e2e), "crashed": len(crashed)},
         "failed": [x for x in points if x.get("failed")],
+        "crashed": crashed,
         "tolerance": tol, "max_rel_err_passed": max((e for e in errors.values() if e is not None), default=None),
         "exhaustive": bool(exhaustive),
         "cut": {"shared": not all(g["selected"] for g in p["groups"]), "max_points": p["capped"], "time_budget": cut,
-                "e2e_top": (args.e2e_top or math.inf) < len(per_shared), "untimed_points": not attempted},
+                "e2e_top": (args.e2e_top or math.inf) < len(per_shared), "untimed_points": not attempted,
+                "gpu_context": broken},
         "shared_selected": p["selected"],
         "per_shared": per_shared, "end_to_end": e2e, "points": points,
     }
@@ -574,6 +871,16 @@ def table(rows: list) -> str:
         kb = " ".join(f"{k}={v:.3f}" if v is not None else f"{k}=-" for k, v in r["best_kernels_ms"].items())
         lines.append(f"{'':{len(r['op'])}s}  kernels ms, solver: {ks}; best: {kb}")
     return "\n".join(lines)
+
+
+def crash_lines(rows: list) -> str:
+    """The summary's lines naming what crashed a CUDA context (the rows' `crashed`)."""
+    lines = []
+    for r in rows:
+        for c in r.get("crashed", []):
+            what = f"{c['kernel']} " if c["kernel"] else f"run (new: {', '.join(c.get('new', []))}) " if c.get("new") else ""
+            lines.append(f"{r['op']}: CRASHED the GPU context ({c['where']}): {what}{described(c['point'])}: {c['error']}")
+    return "\n".join(lines or ["no point crashed the GPU context"])
 
 
 def merge(paths: list, out: str | None) -> int:
@@ -605,6 +912,7 @@ def merge(paths: list, out: str | None) -> int:
         ratios = [r["ratio_fwd_bwd"] for r in rs if r["ratio_fwd_bwd"] is not None]
         ksums = [r["ratio_kernel_sum"] for r in rs if r["ratio_kernel_sum"] is not None]
         row.update(points=points, failed=[x for x in points if x.get("failed")],
+                   crashed=[x for r in rs for x in r.get("crashed", [])],
                    ratio_fwd_bwd=max(ratios, default=None), ratio_kernel_sum=max(ksums, default=None),
                    per_shared=sorted((c for r in rs for c in r["per_shared"]), key=lambda c: c["kernel_sum_ms"]),
                    end_to_end=[x for r in rs for x in r["end_to_end"]],
@@ -619,6 +927,7 @@ def merge(paths: list, out: str | None) -> int:
     target = Path(out) if out else Path(paths[0]).with_suffix(".merged.json")
     target.write_text(json.dumps({"meta": {"merged": paths, "parts": metas}, "rows": rows}, indent=1, default=str))
     print(table(rows))
+    print(crash_lines(rows))
     print(f"\nwrote {target}")
     return 0
 
@@ -638,7 +947,8 @@ def main(argv=None) -> int:
     ap.add_argument("--time-budget", type=float, default=None,
                     help="seconds for the whole command; work left when it runs out is skipped (not exhaustive)")
     ap.add_argument("--jobs", type=int, default=None,
-                    help="compile processes (default: the CPU count, at most 16; the dry run: 1, in this process)")
+                    help="compile processes (default: the CPU count, at most 16; the dry run: 1, in this process, "
+                         "where nothing can fault the GPU)")
     ap.add_argument("--warmup", type=int, default=25, help="end to end: do_bench warmup (ms)")
     ap.add_argument("--rep", type=int, default=100, help="end to end: do_bench rep (ms)")
     ap.add_argument("--kernel-warmup", type=int, default=2, help="per kernel point: do_bench warmup (ms)")
@@ -719,27 +1029,39 @@ def main(argv=None) -> int:
     if args.estimate:
         return 0
 
-    rows, errors = [], []
+    rows, errors, broken = [], [], None
     for op, p, est in prepared:
         if time.time() > deadline:
             print(f"{op.name}: time budget spent, skipped", flush=True)
             continue
+        if broken:
+            print(f"{op.name}: skipped, {broken}", flush=True)
+            errors.append({"op": op.name, "error": f"not run: {broken}"})
+            continue
         print(f"== {op.name}", flush=True)
-        c = {"seconds": 0.0, "runs": 0, "failed": 0}
+        c = {"seconds": 0.0, "runs": 0, "failed": 0, "crashed": None}
         if device == "cuda" or args.dry_run:
-            # the dry run: the compile task on the first run only (nothing compiles under the interpreter)
+            # the dry run: the compile task on the first run only (nothing compiles under the interpreter),
+            # in this process with --jobs 1 (the CPU has no CUDA context to break; on a GPU always processes)
             runs = p["runs"][:max(1, args.jobs)] if args.dry_run else p["runs"]
-            c = precompile(op, runs, args.jobs, started + 0.6 * (deadline - started) if args.time_budget else math.inf)
+            c = precompile(op, runs, p["shared"], args.jobs,
+                           started + 0.6 * (deadline - started) if args.time_budget else math.inf,
+                           in_process=args.dry_run and args.jobs <= 1)
+            n = sum(len(v) for k, v in (c["crashed"] or {}).items() if k != "alone_ok")
             print(f"  compiled: {c['runs']} runs in {c['seconds']:.0f} s ({c['failed']} raised; the timing pass "
-                  f"reports them)", flush=True)
+                  f"reports them; {n} crashed the GPU context, never run in this process)", flush=True)
         t0 = time.time()
         try:
-            row = sweep(op, p, args, deadline)
+            row = sweep(op, p, args, deadline, c["crashed"])
         except Exception as e:  # noqa: BLE001 - e.g. the solver's own point fails: the other ops go on
             import traceback
             traceback.print_exc()
             errors.append({"op": op.name, "error": f"{type(e).__name__}: {str(e)[:500]}"})
+            if context_broken(e):
+                broken = f"the GPU context of this process broke in {op.name}: {_error_text(e)}"
             continue
+        if row["cut"]["gpu_context"]:
+            broken = f"{op.name}: {row['cut']['gpu_context']}"
         row["seconds"] = {"compile": c["seconds"], "time": time.time() - t0}
         row["estimate"] = est
         row["limits"] = {"shared": args.shared, "max_points": args.max_points, "time_budget": args.time_budget,
@@ -757,6 +1079,7 @@ def main(argv=None) -> int:
     out.write_text(json.dumps({"meta": meta, "rows": rows, "errors": errors}, indent=1, default=str))
     print()
     print(table(rows))
+    print(crash_lines(rows))
     for e in errors:
         print(f"{e['op']}: FAILED {e['error']}")
     print(f"\nwrote {out}  ({meta['seconds']:.0f} s)")

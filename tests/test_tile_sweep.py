@@ -52,3 +52,112 @@ def test_dry_run_marks_a_wrong_point(tmp_path, monkeypatch):
     assert len(rows2["simple_gla"]["parts"]) == 2 and not rows2["simple_gla"]["exhaustive"]
     assert rows2["simple_gla"]["ratio_fwd_bwd"] == max(rows["simple_gla"]["ratio_fwd_bwd"], other["ratio_fwd_bwd"])
     assert rows2["scan"]["points"] == rows["scan"]["points"]
+
+
+# ---- a point that breaks the CUDA context (sticky: every later CUDA call of the process fails) ----
+# RECC_SWEEP_CRASH (tile_sweep's hook for tests) makes a run holding the given values raise CUDA's
+# illegal-address error, and every later run, replay and end-to-end call of that process too.
+
+def test_dry_run_crash_caught_in_a_worker(tmp_path, monkeypatch):
+    """The crash is met in a compile worker (--jobs 2: spawned processes, as on a GPU): the run is
+    retried point by point in fresh processes, the guilty point is named under `crashed` and never
+    run by the main process, the other points are timed."""
+    monkeypatch.setenv("RECC_SWEEP_CRASH", "o_stages=2")
+    monkeypatch.setattr(tile_sweep, "_SIMULATED", {})
+    ran, run = [], tile_sweep.Op.run
+
+    def record(self, assignment):               # the main process's runs (the workers' are theirs)
+        ran.append(dict(assignment))
+        return run(self, assignment)
+
+    monkeypatch.setattr(tile_sweep.Op, "run", record)
+    out = tmp_path / "sweep.json"
+    assert tile_sweep.main(["--dry-run", "--ops", "simple_gla", "--jobs", "2", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert [(c["kernel"], c["point"]["o_stages"], c["where"]) for c in row["crashed"]] == [("o", 2, "precompile")]
+    assert "illegal memory access" in row["crashed"][0]["error"]
+    assert [(f["kernel"], f["point"]["o_stages"]) for f in row["failed"]] == [("o", 2)]
+    assert row["failed"][0]["failed"].startswith("crashed the GPU context in precompile: ")
+    timed = {p["kernel"] for p in row["points"] if p["ms"] is not None and any(v == 2 for v in p["point"].values())}
+    assert timed == {"h", "dv", "dh", "dqk"}                 # the run's other new points, each alone
+    assert not row["cut"]["gpu_context"] and row["best_fwd_bwd_ms"] is not None
+    assert ran and all(a["o_stages"] != 2 for a in ran)      # the main process never ran it
+
+
+def test_dry_run_crash_in_the_main_process(tmp_path, monkeypatch):
+    """A crash the compile pass did not meet (here: no compile pass) stops the op's sweep in the main
+    process: named under `crashed`, the rest not timed (`cut`), the later ops skipped, the JSON written."""
+    monkeypatch.setenv("RECC_SWEEP_CRASH", "dv_stages=2")
+    monkeypatch.setattr(tile_sweep, "_SIMULATED", {})
+    monkeypatch.setattr(tile_sweep, "precompile", lambda *a, **k: {"seconds": 0.0, "runs": 0, "failed": 0, "crashed": None})
+    out = tmp_path / "sweep.json"
+    assert tile_sweep.main(["--dry-run", "--ops", "simple_gla,scan", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    row, = data["rows"]
+    assert row["cut"]["gpu_context"] and "illegal memory access" in row["cut"]["gpu_context"]
+    assert not row["exhaustive"] and row["cut"]["untimed_points"]
+    assert [c["where"] for c in row["crashed"]] == ["main process, run"]
+    assert row["crashed"][0]["point"]["dv_stages"] == 2 and row["crashed"][0]["new"] == ["h", "o", "dv", "dh", "dqk"]
+    assert row["failed"] == [] and row["solver_fwd_bwd_ms"] is None
+    assert row["timed"]["kernel_points"] == 5                # the solver's, timed before the crash
+    assert [e["op"] for e in data["errors"]] == ["scan"] and "not run" in data["errors"][0]["error"]
+
+
+def test_precompile_isolates_crashes():
+    """precompile's bookkeeping (with a stand-in compile task, in process): a task stops at the run that
+    crashed, the runs after it are tried in a fresh task, and a crashed run is retried point by point:
+    one whose crash a single point reproduces names it; one that crashes only as a combination names none;
+    a task whose worker died is split into one task a run, to name the run that killed it."""
+    from types import SimpleNamespace
+    terms = [SimpleNamespace(name="ka", variables=("S", "a")), SimpleNamespace(name="kb", variables=("S", "b"))]
+    op = SimpleNamespace(name="fake", device="cpu", sizes={}, solver={"S": 0, "a": 0, "b": 0}, terms=terms)
+    base = {"S": 0, "a": 0, "b": 0}
+    runs = [{"assignment": {"S": 0, "a": j, "b": j}, "new": ["ka", "kb"], "base": base} for j in range(1, 12)]
+    ran = []
+
+    def task(name, device, sizes, assignments):
+        for i, x in enumerate(assignments):
+            ran.append(x)
+            if x["a"] == 3 or x["a"] == x["b"] == 7:          # a=3 alone crashes; a=7 only with b=7
+                return {"done": i, "failed": 0, "crashed": [i, "AcceleratorError: CUDA error: an illegal memory access"]}
+            if x["a"] == x["b"] == 9:                          # kills its worker (as FreshProcesses reports it)
+                raise RuntimeError("WorkerDied: the worker process ended (exit code -11)")
+        return {"done": len(assignments), "failed": 0, "crashed": None}
+
+    orig = tile_sweep._compile_task
+    tile_sweep._compile_task = task
+    try:
+        c = tile_sweep.precompile(op, runs, ["S"], 1, float("inf"), in_process=True)["crashed"]
+    finally:
+        tile_sweep._compile_task = orig
+    assert set(c["runs"]) == {2, 6, 8} and not c["bases"] and c["runs"][8].startswith("WorkerDied")
+    assert set(c["alone"]) == {(2, "ka")}
+    assert c["alone_ok"] == {(2, "kb"), (6, "ka"), (6, "kb"), (8, "ka"), (8, "kb")}
+    assert all(r["assignment"] in ran for r in runs)         # the untried ones too
+    assert sum(x == runs[2]["assignment"] for x in ran) == 1  # a crashed run is not run again
+
+
+def _sticky_task(x):
+    """For test_fresh_processes (in a worker): a sticky fault, as CUDA's."""
+    import os
+    broken = os.environ.get("_STICKY_BROKEN")
+    if broken:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (sticky)")
+    if x == "bad":
+        os.environ["_STICKY_BROKEN"] = "1"
+        return {"crashed": [0, "CUDA error: an illegal memory access was encountered"], "pid": os.getpid()}
+    return {"crashed": None, "pid": os.getpid()}
+
+
+def test_fresh_processes():
+    """FreshProcesses: a worker is reused while healthy and replaced after a task that broke its context."""
+    pool = tile_sweep.FreshProcesses(1)
+    try:
+        first = pool.submit(_sticky_task, "ok").result()
+        again = pool.submit(_sticky_task, "ok").result()
+        bad = pool.submit(_sticky_task, "bad").result()
+        after = pool.submit(_sticky_task, "ok").result()
+    finally:
+        pool.shutdown()
+    assert first["pid"] == again["pid"] == bad["pid"] and bad["crashed"]
+    assert after["crashed"] is None and after["pid"] != bad["pid"]
