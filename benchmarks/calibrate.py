@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""The tile cost model against a tile sweep: where the solver's pick loses time, and a grid fit.
+
+    python benchmarks/calibrate.py benchmarks/results/2026-12-03-h200-sweep-delta_net.json
+    python benchmarks/calibrate.py SWEEP.json --fit            # grid over the op's Code parameters
+
+Reads the rows of `tile_sweep.py` (every kernel point timed alone, at each value of the shared
+variables). For each kernel and shared point it compares the model's pick among the measured
+feasible points (today's constraints) with the measured fastest: the time the pick loses, summed
+over kernels, is `excess` (as a share of the fastest kernels' sum). It also prices the solver's
+whole choice at the sweep's shape with the measured times (when each of its kernel points was
+timed) against the fastest measured combination. `--fit` searches a grid of the `Code` parameters
+of the op's cost model (recc/tiles.py CODE) for the smallest excess: a starting point for a
+recalibration, to be checked on the GPU (and pinned in tests/test_tiles.py) before it is kept.
+No GPU needed.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import itertools
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from recc import tiles as rt  # noqa: E402
+from recc.hardware import PRESETS  # noqa: E402
+
+SPEC_SHAPE = {   # the launch shape of each swept op (as its module's _LAUNCH_SHAPE says)
+    "delta_net": dict(substeps=1, householder=True, gated=False, per_key=False, normaliser=False),
+    "gated_delta_net": dict(substeps=1, householder=True, gated=True, per_key=False, normaliser=False),
+    "delta_product": dict(substeps=2, householder=True, gated=True, per_key=False, normaliser=False),
+    "gla": dict(substeps=1, householder=False, gated=True, per_key=True, normaliser=False),
+    "simple_gla": dict(substeps=1, householder=False, gated=True, per_key=False, normaliser=False),
+    "mlstm": dict(substeps=1, householder=False, gated=True, per_key=False, normaliser=True),
+}
+GRID = {"cpi": (0.25, 0.5, 1.0, 2.0), "move_ops": (3.0, 6.0, 12.0), "warp_cycles": (0.0, 100.0, 200.0, 400.0),
+        "load_wait": (1.0, 4.0, 8.0)}
+
+
+def model_of(name: str):
+    name = name.lower()
+    for key, hw in PRESETS.items():
+        if key != "interpreter" and key in name:
+            return hw
+    raise SystemExit(f"calibrate.py: no hardware preset for {name!r} (presets: {', '.join(PRESETS)})")
+
+
+class Sweep:
+    """One op's measured kernel points, grouped by kernel and shared values."""
+
+    def __init__(self, row: dict):
+        self.row, self.op = row, row["op"]
+        if self.op not in SPEC_SHAPE:
+            raise SystemExit(f"calibrate.py: {self.op}: no launch shape known (add it to SPEC_SHAPE)")
+        self.shape = SPEC_SHAPE[self.op]
+        self.hw = model_of(row["hardware_model"])
+        self.dims = {k: v for k, v in row["sizes"].items() if k in ("B", "T", "H", "K", "V")}
+        self.dims["T"] = rt._pow2(self.dims["T"])
+        self.points = [p for p in row["points"] if p.get("ms") is not None]
+
+    def setup(self):
+        problem, terms, _, _, _ = rt._setup("chunked", self.dims, self.hw, self.shape)
+        return problem, {t.name: t for t in terms}
+
+    def groups(self, problem, terms) -> dict:
+        """{(kernel, shared values): [(ms, point)]} of the points today's constraints allow."""
+        out = collections.defaultdict(list)
+        for p in self.points:
+            t = terms.get(p["kernel"])
+            if t is None:
+                continue
+            pt = {v: p["point"][v] for v in t.variables}
+            if not all(c.holds(pt) for c in problem.constraints if all(v.name in pt for v in c.variables())):
+                continue
+            out[(p["kernel"], tuple((k, v) for k, v in pt.items() if "_" not in k))].append((p["ms"], pt))
+        return out
+
+    def excess(self, detail: bool = False) -> float:
+        problem, terms = self.setup()
+        lost = fastest = 0.0
+        for (kernel, shared), pts in sorted(self.groups(problem, terms).items()):
+            best = min(pts, key=lambda x: x[0])
+            pick = min(pts, key=lambda x: terms[kernel].cost(x[1]))
+            lost += pick[0] - best[0]
+            fastest += best[0]
+            if detail:
+                own = lambda pt: " ".join(f"{k.split('_', 1)[1]}={v}" for k, v in pt.items() if "_" in k)
+                flag = "  <-" if pick[0] > 1.1 * best[0] else ""
+                print(f"  {kernel:4s} {dict(shared)}: fastest {best[0]:.3f} ms ({own(best[1])}), "
+                      f"model's pick {pick[0]:.3f} ({own(pick[1])}) x{pick[0] / best[0]:.2f}{flag}")
+        return lost / fastest if fastest else 0.0
+
+    def solver_choice(self) -> tuple:
+        """(the solver's point, its measured kernel sum or None, {kernel: ms or None})."""
+        t = rt.choose_tiles("chunked", self.dims, self.hw, **self.shape)
+        measured = {(p["kernel"], tuple(sorted(p["point"].items()))): p["ms"] for p in self.points}
+        parts = {term.name: measured.get((term.name, tuple(sorted((v, t[v]) for v in term.variables))))
+                 for term in t.terms}
+        total = sum(parts.values()) if all(v is not None for v in parts.values()) else None
+        return t.assignment, total, parts
+
+
+def report(sweep: Sweep) -> None:
+    code = "chunked_householder" if sweep.shape["householder"] else "chunked"
+    print(f"== {sweep.op}: {len(sweep.points)} timed kernel points, model {sweep.hw.name}, CODE[{code!r}] = "
+          f"{rt.CODE[code]}")
+    share = sweep.excess(detail=True)
+    print(f"  the model's picks lose {100 * share:.1f}% of the fastest kernels' sum")
+    point, total, parts = sweep.solver_choice()
+    best = min((g["kernel_sum_ms"] for g in sweep.row.get("per_shared", []) if g.get("all_timed")), default=None)
+    print("  solver: " + " ".join(f"{k}={v}" for k, v in point.items()))
+    print("  measured: " + " ".join(f"{k}={'-' if v is None else f'{v:.3f}'}" for k, v in parts.items()))
+    if total is not None and best is not None:
+        print(f"  solver's kernels {total:.3f} ms, fastest measured combination {best:.3f} ms: x{total / best:.3f}")
+    else:
+        print("  solver's point not all timed in this sweep (a point of a shared value the sweep left out?)")
+
+
+def fit(sweep: Sweep, top: int) -> None:
+    code = "chunked_householder" if sweep.shape["householder"] else "chunked"
+    base = rt.CODE[code]
+    results = []
+    try:
+        for values in itertools.product(*GRID.values()):
+            rt.CODE[code] = dataclasses.replace(base, **dict(zip(GRID, values)))
+            rt._rates.cache_clear()
+            results.append((sweep.excess(), dict(zip(GRID, values))))
+    finally:
+        rt.CODE[code] = base
+        rt._rates.cache_clear()
+    results.sort(key=lambda r: r[0])
+    print(f"  grid fit of CODE[{code!r}] ({len(results)} points), best first:")
+    for share, values in results[:top]:
+        print(f"    lose {100 * share:5.1f}%  " + " ".join(f"{k}={v}" for k, v in values.items()))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("sweeps", nargs="+", help="tile_sweep.py JSON files")
+    p.add_argument("--fit", action="store_true", help="grid search of the op's Code parameters")
+    p.add_argument("--top", type=int, default=5)
+    a = p.parse_args(argv)
+    for path in a.sweeps:
+        for row in json.loads(Path(path).read_text())["rows"]:
+            if row.get("family") != "chunked":
+                print(f"== {row.get('op')}: family {row.get('family')}: only chunked rows are read")
+                continue
+            sweep = Sweep(row)
+            report(sweep)
+            if a.fit:
+                fit(sweep, a.top)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
