@@ -496,13 +496,16 @@ def lookback_configs() -> list:
 
 # ---- the run --------------------------------------------------------------------------------
 
+def empty_row(case: Case, T: int, meta: dict) -> dict:
+    return dict(op=case.op, anchor=case.anchor, spec=case.spec, strategy=case.strategy, shape=dict(case.sizes(T)),
+                dtype=str(case.dtype).replace("torch.", ""), recc_fwd_ms=None, recc_fwdbwd_ms=None,
+                anchor_fwd_ms=None, anchor_fwdbwd_ms=None, recc_cold_s=None, anchor_cold_s=None,
+                checked=False, check=None, recc_error=None, anchor_error=None, **meta)
+
+
 def run_case(index: int, case: Case, T: int, args_ns, meta: dict) -> dict:
     sizes = case.sizes(T)
-    shape = {k: v for k, v in sizes.items()}
-    row = dict(op=case.op, anchor=case.anchor, spec=case.spec, strategy=case.strategy, shape=shape,
-               dtype=str(case.dtype).replace("torch.", ""), recc_fwd_ms=None, recc_fwdbwd_ms=None,
-               anchor_fwd_ms=None, anchor_fwdbwd_ms=None, recc_cold_s=None, anchor_cold_s=None,
-               checked=False, check=None, recc_error=None, anchor_error=None, **meta)
+    row = empty_row(case, T, meta)
     args = recc_args(case, sizes, DEVICE)
     op = None
     try:
@@ -617,6 +620,52 @@ def plot(rows: list, path: Path) -> None:
     print(f"wrote {path}")
 
 
+def run_isolated(a, Ts: list, wanted, meta: dict, out: Path, argv) -> int:
+    """--isolate: each op (all its T) in a subprocess of this script, killed after a.isolate
+    seconds; a compiler crash or an anchor's long autotuning costs that op's rows only, which
+    stay in the JSON with the reason as their error."""
+    ops = [op for op in dict.fromkeys(c.op for c in CASES) if wanted is None or op in wanted]
+    passed = []                    # this command's options, less the ones the parent sets per op
+    skip = {"--ops", "--out", "--isolate", "--T"}
+    args = list(sys.argv[1:] if argv is None else argv)
+    i = 0
+    while i < len(args):
+        name = args[i].split("=", 1)[0]
+        if name in skip:
+            i += 1 if "=" in args[i] else 2
+            continue
+        passed.append(args[i])
+        i += 1
+    rows = []
+    for op in ops:
+        part = out.with_name(f"{out.stem}.{op}.part.json")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--ops", op, "--T", a.T, "--out", str(part)] + passed
+        try:
+            code = subprocess.run(cmd, timeout=a.isolate).returncode
+            reason = None if code == 0 else f"the op's subprocess exited with status {code}"
+        except subprocess.TimeoutExpired:
+            reason = f"the op's subprocess ran past --isolate {a.isolate} s"
+        got = json.loads(part.read_text()) if part.exists() else []
+        for extra in (part, part.with_suffix(".png")):
+            extra.unlink(missing_ok=True)
+        for case in (c for c in CASES if c.op == op):
+            for T in Ts:
+                if not any(r["anchor"] == case.anchor and r["shape"]["T"] == T for r in got):
+                    row = empty_row(case, T, meta)
+                    row["recc_error"] = row["anchor_error"] = reason or "no row written"
+                    got.append(row)
+        if reason:
+            print(f"  {op}: {reason}", flush=True)
+        rows += got
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=1))
+    print()
+    print_table(rows)
+    print(f"wrote {out}")
+    plot(rows, out.with_suffix(".png"))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ops", default="scan,gla_recurrent,lstm",
@@ -633,6 +682,9 @@ def main(argv=None) -> int:
     p.add_argument("--sweep-set", default="tile", choices=("tile", "lookback"),
                    help="--sweep: the tile kernel's grid, or the time-split lookback kernels")
     p.add_argument("--sweep-repeats", type=int, default=3, help="--sweep: fresh inputs each config is checked on")
+    p.add_argument("--isolate", type=int, default=None, metavar="SECONDS",
+                   help="run each op (all its T) in its own subprocess, killed after SECONDS: a compiler crash "
+                        "or a slow autotune costs that op's rows only")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--cold-probe", default=None, help=argparse.SUPPRESS)
     p.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
@@ -675,6 +727,8 @@ def main(argv=None) -> int:
     if unknown:
         print(f"unknown ops: {', '.join(sorted(unknown))}")
         return 2
+    if a.isolate:
+        return run_isolated(a, Ts, wanted, meta, out, argv)
     rows = []
     for T in Ts:
         for i, case in enumerate(CASES):
