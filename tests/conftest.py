@@ -4,6 +4,9 @@
 * The interpreter silently ignores launch keywords a kernel does not declare;
   compiled Triton raises on them. The tests make the interpreter strict too, so
   such a launch fails here rather than first on a GPU.
+* The interpreter rounds fp32 -> bf16 toward zero (twice the error of a GPU's
+  round-to-nearest-even, and biased); the tests make it round to nearest even, as
+  the GPU does, so bf16 errors here are the GPU's (tests/test_interpreter.py checks it).
 """
 import os
 
@@ -29,4 +32,25 @@ def _strict_interpreter():
     interpreter.InterpretedFunction.run = strict_run
 
 
+def _gpu_rounding():
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    import numpy as np
+    import triton.language as tl
+    import triton.runtime.interpreter as interpreter
+
+    cast = interpreter.InterpreterBuilder.cast_impl
+
+    def cast_rne(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            x = np.asarray(src.data, dtype=np.float32)
+            u = x.view(np.uint32).astype(np.uint64)
+            bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+            return interpreter.TensorHandle(np.where(np.isnan(x), np.uint16(0x7FC0), bits), dst_type.scalar)
+        return cast(self, src, dst_type)
+
+    interpreter.InterpreterBuilder.cast_impl = cast_rne
+
+
 _strict_interpreter()
+_gpu_rounding()
