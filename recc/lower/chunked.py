@@ -58,7 +58,8 @@ or over (sequence, head) for the passes; varlen through cu_seqlens tables):
   (+ the chunk-end term exp(G_last) <S, dS> + sum_j k_j.dk_state_j), reverse-cumsummed;
   pairs (i, j) of one step are kept out of the identity (their terms cancel exactly, and
   in bf16 their rounding would swamp a small dG); householder: `chunk_bwd_wy` back through
-  the UT form (dA = -T^T dT T^T) and the sum over K blocks.
+  the UT form (dA = -T^T dT T^T) and the sum over K blocks, from dqk's part of dk (left in
+  dk) and dW = -dv_new h^T, both in the inputs' type.
   States are stored by the forward (h, in the inputs' type), not recomputed.
 
 exp() is never taken of a positive number: scalar decays only appear as differences
