@@ -43,7 +43,7 @@ or over (sequence, head) for the passes; varlen through cu_seqlens tables):
   inv([[I + A11, 0], [A21, I + A22]]) = [[T1, 0], [-T2 A21 T1, T2]] (two tl.dot's per level);
   W = T (beta exp(G) K), U = T (c V) with fp32 operands.
 * `chunk_fwd_h`: per (sequence, head, V block), the state passed over the chunks; stores
-  the state at each chunk start (householder: and v_new = U - W h, fp32).
+  the state at each chunk start (householder: and v_new = U - W h, in the inputs' type).
 * per-key decays, `chunk_fwd_A`: per (sub-chunk, chunk), the scores' rows
   A_ij = sum_k q_ik k_jk exp(G_ik - G_jk), j <= i (secondary chunking, below), stored in the
   inputs' type and saved for the backward.
@@ -52,12 +52,14 @@ or over (sequence, head) for the passes; varlen through cu_seqlens tables):
 * backward: `chunk_bwd_dv` (the intra-chunk dv; householder: its local part; per-key decays:
   A^T do from the saved A, and the V block's part of dA = do v^T), `chunk_bwd_dh`
   (dS passed backward over chunks, stored at each chunk end; householder: adds the state
-  part of dv_new), `chunk_bwd_dqk` per (K block, chunk): dq, dk and that K block's share of
+  part of dv_new, which is kept in the inputs' type: every kernel adds in fp32 and rounds once
+  at its store), `chunk_bwd_dqk` per (K block, chunk): dq, dk and that K block's share of
   the log-decay gradient from the cumulative-gate identity dG_i = q_i.dq_i - k_i.dk_i
   (+ the chunk-end term exp(G_last) <S, dS> + sum_j k_j.dk_state_j), reverse-cumsummed;
   pairs (i, j) of one step are kept out of the identity (their terms cancel exactly, and
   in bf16 their rounding would swamp a small dG); householder: `chunk_bwd_wy` back through
-  the UT form (dA = -T^T dT T^T) and the sum over K blocks.
+  the UT form (dA = -T^T dT T^T) and the sum over K blocks, from dqk's part of dk (left in
+  dk) and dW = -dv_new h^T, both in the inputs' type.
   States are stored by the forward (h, in the inputs' type), not recomputed.
 
 exp() is never taken of a positive number: scalar decays only appear as differences
