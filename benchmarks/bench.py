@@ -620,6 +620,49 @@ def plot(rows: list, path: Path) -> None:
     print(f"wrote {path}")
 
 
+# ---- autotuning results carried between machines -----------------------------------------
+
+def triton_cache_dir() -> Path:
+    try:
+        import triton
+        return Path(triton.knobs.cache.dir)
+    except Exception:  # noqa: BLE001 - an older Triton: its default place
+        return Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+
+
+def load_autotune(archive: Path, cache: Path) -> int:
+    """Unpack `<key>/<kernel>.autotune.json` files (Triton's own autotuning results, written with
+    TRITON_CACHE_AUTOTUNING=1) into the Triton cache; returns how many. Members with any other
+    shape are skipped."""
+    import tarfile
+    if not archive.exists():
+        return 0
+    n = 0
+    with tarfile.open(archive) as tar:
+        for m in tar.getmembers():
+            parts = Path(m.name).parts
+            if not (m.isfile() and len(parts) == 2 and parts[1].endswith(".autotune.json")
+                    and all(p not in ("", ".", "..") and "/" not in p for p in parts)):
+                continue
+            target = cache / parts[0] / parts[1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(m).read())
+            n += 1
+    return n
+
+
+def save_autotune(archive: Path, cache: Path) -> int:
+    """Pack every autotuning result of the Triton cache into `archive` (one file: what a device
+    call returns and the next one carries); returns how many."""
+    import tarfile
+    files = sorted(cache.glob("*/*.autotune.json"))
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w") as tar:
+        for f in files:
+            tar.add(f, arcname=f"{f.parent.name}/{f.name}")
+    return len(files)
+
+
 def run_isolated(a, Ts: list, wanted, meta: dict, out: Path, argv) -> int:
     """--isolate: each op (all its T) in a subprocess of this script, killed after a.isolate
     seconds; a compiler crash or an anchor's long autotuning costs that op's rows only, which
@@ -685,6 +728,10 @@ def main(argv=None) -> int:
     p.add_argument("--isolate", type=int, default=None, metavar="SECONDS",
                    help="run each op (all its T) in its own subprocess, killed after SECONDS: a compiler crash "
                         "or a slow autotune costs that op's rows only")
+    p.add_argument("--autotune-cache", default=None, metavar="FILE.tar",
+                   help="anchors' autotuning results (Triton's TRITON_CACHE_AUTOTUNING files): loaded from FILE "
+                        "before the run when it exists, written back after it; the timed kernels are the same, "
+                        "only the search is skipped (cold starts still start from empty caches)")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--cold-probe", default=None, help=argparse.SUPPRESS)
     p.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
@@ -727,8 +774,23 @@ def main(argv=None) -> int:
     if unknown:
         print(f"unknown ops: {', '.join(sorted(unknown))}")
         return 2
+    if a.autotune_cache:
+        os.environ["TRITON_CACHE_AUTOTUNING"] = "1"       # the subprocesses (--isolate) inherit it
+        if not os.environ.get("RECC_BENCH_AUTOTUNE_LOADED"):
+            n = load_autotune(Path(a.autotune_cache), triton_cache_dir())
+            os.environ["RECC_BENCH_AUTOTUNE_LOADED"] = "1"
+            print(f"autotuning results loaded: {n} from {a.autotune_cache}", flush=True)
     if a.isolate:
-        return run_isolated(a, Ts, wanted, meta, out, argv)
+        code = run_isolated(a, Ts, wanted, meta, out, argv)
+    else:
+        code = run_rows(a, Ts, wanted, meta, out)
+    if a.autotune_cache:
+        n = save_autotune(Path(a.autotune_cache), triton_cache_dir())
+        print(f"autotuning results saved: {n} to {a.autotune_cache}", flush=True)
+    return code
+
+
+def run_rows(a, Ts: list, wanted, meta: dict, out: Path) -> int:
     rows = []
     for T in Ts:
         for i, case in enumerate(CASES):

@@ -17,3 +17,25 @@ def test_isolated_op_past_its_time_keeps_a_row_with_the_reason(tmp_path):
     assert len(rows) == 1 and rows[0]["op"] == "simple_gla" and rows[0]["shape"]["T"] == 40
     assert rows[0]["recc_error"] == "the op's subprocess ran past --isolate 1 s" and rows[0]["checked"] is False
     assert not list(tmp_path.glob("*.part.*"))
+
+
+def test_autotune_results_round_trip_through_one_file(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import tarfile
+    import bench
+    cache, other = tmp_path / "cache", tmp_path / "other"
+    (cache / "abc123").mkdir(parents=True)
+    (cache / "abc123" / "chunk_fwd_kernel_o.autotune.json").write_text('{"configs_timings": []}')
+    (cache / "abc123" / "chunk_fwd_kernel_o.cubin").write_bytes(b"\0")            # not an autotune result
+    archive = tmp_path / "out" / "autotune.tar"
+    assert bench.save_autotune(archive, cache) == 1
+    with tarfile.open(archive, "a") as tar:                                       # a member that must not land
+        evil = tmp_path / "src" / "evil.autotune.json"
+        evil.parent.mkdir()
+        evil.write_text("{}")
+        tar.add(evil, arcname="../evil.autotune.json")
+    assert bench.load_autotune(archive, other) == 1
+    assert (other / "abc123" / "chunk_fwd_kernel_o.autotune.json").read_text() == '{"configs_timings": []}'
+    assert not (other.parent / "evil.autotune.json").exists()
+    assert sorted(p.name for p in other.rglob("*")) == ["abc123", "chunk_fwd_kernel_o.autotune.json"]
+    assert bench.load_autotune(tmp_path / "missing.tar", other) == 0
