@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One call of the GPU plan on the device machine (benchmarks/README.md), logs and JSON under $OUT
+# (the device tool returns at most 8 files a call: each step writes at most 4).
+#
+#   bash benchmarks/device_run.sh STEP [STEP ...]
+#
+#   check        chunked_gpu_check.py: every chunked spec against float64 (batch and varlen), recc timings
+#   bench-delta  bench.py: DeltaNet, gated DeltaNet, DeltaProduct against fla, T = 1K, 4K, 8K, 32K
+#   bench-gla    bench.py: GLA against fla, same T (fla's first autotuning of GLA alone took 253 s)
+#   bench-rest   bench.py: simple GLA against fla, mLSTM against mlstm_kernels, same T
+# Without carried autotuning results a bench step takes most of a 600 s call; with them, minutes.
+#   sweep-a      tile_sweep.py: gated DeltaNet, DeltaProduct, simple GLA, mLSTM
+#   sweep-b      tile_sweep.py: GLA, the scan
+#
+# Carry [".whl", ".probe"] (the anchors' wheels from ../shared/tools/anchor-wheels.sh; fla's autotuning
+# results from an earlier call, .probe/autotune.tar, when there is one) and keep the returned
+# autotune.tar in .probe/ for the next call.
+set -u
+cd "$(dirname "$0")/.."
+: "${OUT:?set OUT (the device tool does)}"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>/dev/null
+export PYTHONPATH=/tmp/site:$PWD
+[ -f .probe/autotune.tar ] && [ ! -f "$OUT/autotune.tar" ] && cp .probe/autotune.tar "$OUT/autotune.tar"
+Ts=1024,4096,8192,32768
+for step in "$@"; do
+  echo "== $step $(date -u +%T)"
+  case "$step" in
+    check)
+      timeout 170 python3 benchmarks/chunked_gpu_check.py --no-anchor --rep 30 2>&1 | grep -vi warn > "$OUT/check.log"
+      tail -25 "$OUT/check.log" ;;
+    bench-delta|bench-gla|bench-rest)
+      ops=delta_rule,gated_delta_rule,gated_delta_product; limit=190
+      [ "$step" = bench-gla ] && ops=gla && limit=540
+      [ "$step" = bench-rest ] && ops=simple_gla,mlstm && limit=280
+      python3 benchmarks/bench.py --ops "$ops" --T "$Ts" --no-cold --isolate "$limit" \
+        --autotune-cache "$OUT/autotune.tar" --out "$OUT/$step.json" 2>&1 | grep -vi warn > "$OUT/$step.log"
+      rm -f "$OUT/$step.png"
+      tail -30 "$OUT/$step.log" ;;
+    sweep-a|sweep-b)
+      ops=gated_delta_net,delta_product,simple_gla,mlstm
+      [ "$step" = sweep-b ] && ops=gla,scan
+      python3 benchmarks/tile_sweep.py --ops "$ops" --time-budget 540 --out "$OUT/$step.json" 2>&1 \
+        | grep -vi warn > "$OUT/$step.log"
+      tail -20 "$OUT/$step.log" ;;
+    *) echo "unknown step $step (check, bench-delta, bench-gla, bench-rest, sweep-a, sweep-b)"; exit 2 ;;
+  esac
+done
