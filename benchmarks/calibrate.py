@@ -27,17 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import recc  # noqa: E402
 from recc import tiles as rt  # noqa: E402
 from recc.hardware import PRESETS  # noqa: E402
 
-SPEC_SHAPE = {   # the launch shape of each swept op (as its module's _LAUNCH_SHAPE says)
-    "delta_net": dict(substeps=1, householder=True, gated=False, per_key=False, normaliser=False),
-    "gated_delta_net": dict(substeps=1, householder=True, gated=True, per_key=False, normaliser=False),
-    "delta_product": dict(substeps=2, householder=True, gated=True, per_key=False, normaliser=False),
-    "gla": dict(substeps=1, householder=False, gated=True, per_key=True, normaliser=False),
-    "simple_gla": dict(substeps=1, householder=False, gated=True, per_key=False, normaliser=False),
-    "mlstm": dict(substeps=1, householder=False, gated=True, per_key=False, normaliser=True),
-}
 GRID = {"cpi": (0.25, 0.5, 1.0, 2.0), "move_ops": (3.0, 6.0, 12.0), "warp_cycles": (0.0, 100.0, 200.0, 400.0),
         "load_wait": (1.0, 4.0, 8.0)}
 
@@ -55,9 +48,8 @@ class Sweep:
 
     def __init__(self, row: dict):
         self.row, self.op = row, row["op"]
-        if self.op not in SPEC_SHAPE:
-            raise SystemExit(f"calibrate.py: {self.op}: no launch shape known (add it to SPEC_SHAPE)")
-        self.shape = SPEC_SHAPE[self.op]
+        # the launch shape the op's host code renders (its module's _LAUNCH_SHAPE)
+        self.shape = rt.launch_shape(recc.load_spec(ROOT / "specs" / f"{self.op}.rec"), "chunked")[1]
         self.hw = model_of(row["hardware_model"])
         self.dims = {k: v for k, v in row["sizes"].items() if k in ("B", "T", "H", "K", "V")}
         self.dims["T"] = rt._pow2(self.dims["T"])
@@ -106,7 +98,7 @@ class Sweep:
 
 
 def report(sweep: Sweep) -> None:
-    code = "chunked_householder" if sweep.shape["householder"] else "chunked"
+    code = rt.chunked_code(sweep.shape["householder"])
     print(f"== {sweep.op}: {len(sweep.points)} timed kernel points, model {sweep.hw.name}, CODE[{code!r}] = "
           f"{rt.CODE[code]}")
     share = sweep.excess(detail=True)
@@ -122,7 +114,7 @@ def report(sweep: Sweep) -> None:
 
 
 def fit(sweep: Sweep, top: int) -> None:
-    code = "chunked_householder" if sweep.shape["householder"] else "chunked"
+    code = rt.chunked_code(sweep.shape["householder"])
     base = rt.CODE[code]
     results = []
     try:

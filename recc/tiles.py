@@ -96,15 +96,20 @@ CODE = {
     "recurrent": Code(cpi=1.0),
     "cell": Code(cpi=1.0),
     "scan": Code(cpi=1.0, move_ops=4.0, iteration=150.0),
-    # chunked_householder: fit to the H200 sweep of DeltaNet's seven kernels (benchmarks/tile_sweep.py, 1191 points at
-    # BT = 16, 32; results/2026-12-03-h200-sweep-delta_net.json), with the per-warp tile bounds of
-    # templates/chunked.constraints: cpi, move_ops, warp_cycles and load_wait chosen on a grid to minimise the
-    # time the model's pick per kernel (at each BT = 32 shared point) loses to the measured best: 15% -> 3%
-    # Only the householder kernels (DeltaNet, gated DeltaNet, DeltaProduct) were swept; the others keep
-    # the earlier calibration ("chunked") until their sweeps run.
+    # chunked kernels without householder transitions: the earlier calibration, until their sweeps run
     "chunked": Code(cpi=2.0, move_ops=12.0, reg_comfort=96.0),
+    # chunked_householder (DeltaNet, gated DeltaNet, DeltaProduct): fit to the H200 sweep of DeltaNet's seven
+    # kernels (benchmarks/tile_sweep.py, 1191 points at BT = 16, 32; results/2026-12-03-h200-sweep-delta_net.json),
+    # with the per-warp tile bounds of templates/chunked.constraints: cpi, move_ops, warp_cycles and load_wait
+    # chosen on a grid (benchmarks/calibrate.py --fit) to minimise the time the model's pick per kernel (at each
+    # BT = 32 shared point) loses to the measured best: 15% -> 3%
     "chunked_householder": Code(cpi=0.25, move_ops=6.0, reg_comfort=96.0, warp_cycles=200.0, load_wait=8.0),
 }
+
+
+def chunked_code(householder: bool) -> str:
+    """The CODE entry of a chunked spec's kernels: householder kernels have their own calibration."""
+    return "chunked_householder" if householder else "chunked"
 
 
 class TilesInfeasible(ReccError):
@@ -481,7 +486,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
     K, V, KP, NS = d["K"], d["V"], c["KP"], c["NS"]
     HH, KEY = c["HH"], c["KEY"]
     gated = int(s["gated"])
-    code = CODE["chunked_householder" if HH else "chunked"]
+    code = CODE[chunked_code(HH)]
 
     def cd(n, b):
         return -(-n // b)
