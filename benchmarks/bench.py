@@ -700,8 +700,17 @@ def run_isolated(a, Ts: list, wanted, meta: dict, out: Path, argv) -> int:
         if reason:
             print(f"  {op}: {reason}", flush=True)
         rows += got
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rows, indent=1))
+        write_rows(rows, out)
+    return finish(rows, out)
+
+
+def write_rows(rows: list, out: Path) -> None:
+    """The JSON of the rows so far: a run cut short (a timeout, a crash of a compiler) keeps them."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1))
+
+
+def finish(rows: list, out: Path) -> int:
     print()
     print_table(rows)
     print(f"wrote {out}")
@@ -798,17 +807,10 @@ def run_rows(a, Ts: list, wanted, meta: dict, out: Path) -> int:
                 continue
             print(f"== {case.op} vs {case.anchor}, T={T}", flush=True)
             rows.append(run_case(i, case, T, a, meta))
-            # each row as it completes, and the JSON so far: a run cut short (a timeout, a crash of a
-            # compiler) keeps the rows it finished
-            print_table(rows[-1:])
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(rows, indent=1))
+            print_table(rows[-1:])           # each row as it completes
+            write_rows(rows, out)
             sys.stdout.flush()
-    print()
-    print_table(rows)
-    print(f"wrote {out}")
-    plot(rows, out.with_suffix(".png"))
-    return 0
+    return finish(rows, out)
 
 
 if __name__ == "__main__":
