@@ -2,7 +2,7 @@
 """The tile cost model against a tile sweep: where the solver's pick loses time, and a grid fit.
 
     python benchmarks/calibrate.py benchmarks/results/2026-12-03-h200-sweep-delta_net.json
-    python benchmarks/calibrate.py SWEEP.json --fit            # grid over the op's Code parameters
+    python benchmarks/calibrate.py SWEEP.json [SWEEP.json ...] --fit   # grid over the Code parameters
 
 Reads the rows of `tile_sweep.py` (every kernel point timed alone, at each value of the shared
 variables). For each kernel and shared point it compares the model's pick among the measured
@@ -10,7 +10,8 @@ feasible points (today's constraints) with the measured fastest: the time the pi
 over kernels, is `excess` (as a share of the fastest kernels' sum). It also prices the solver's
 whole choice at the sweep's shape with the measured times (when each of its kernel points was
 timed) against the fastest measured combination. `--fit` searches a grid of the `Code` parameters
-of the op's cost model (recc/tiles.py CODE) for the smallest excess: a starting point for a
+of each cost model (recc/tiles.py CODE) for the smallest excess over all the sweeps given that use
+it (e.g. simple GLA's and mLSTM's together, both `chunked`): a starting point for a
 recalibration, to be checked on the GPU (and pinned in tests/test_tiles.py) before it is kept.
 No GPU needed.
 """
@@ -73,6 +74,11 @@ class Sweep:
         return out
 
     def excess(self, detail: bool = False) -> float:
+        lost, fastest = self.excess_ms(detail)
+        return lost / fastest if fastest else 0.0
+
+    def excess_ms(self, detail: bool = False) -> tuple:
+        """(ms the model's pick per kernel and shared values loses to the fastest, the fastest's sum)."""
         problem, terms = self.setup()
         lost = fastest = 0.0
         for (kernel, shared), pts in sorted(self.groups(problem, terms).items()):
@@ -85,7 +91,7 @@ class Sweep:
                 flag = "  <-" if pick[0] > 1.1 * best[0] else ""
                 print(f"  {kernel:4s} {dict(shared)}: fastest {best[0]:.3f} ms ({own(best[1])}), "
                       f"model's pick {pick[0]:.3f} ({own(pick[1])}) x{pick[0] / best[0]:.2f}{flag}")
-        return lost / fastest if fastest else 0.0
+        return lost, fastest
 
     def solver_choice(self) -> tuple:
         """(the solver's point, its measured kernel sum or None, {kernel: ms or None})."""
@@ -98,7 +104,7 @@ class Sweep:
 
 
 def report(sweep: Sweep) -> None:
-    code = rt.chunked_code(sweep.shape["householder"])
+    code = rt.chunked_code(sweep.shape["householder"], sweep.shape["per_key"])
     print(f"== {sweep.op}: {len(sweep.points)} timed kernel points, model {sweep.hw.name}, CODE[{code!r}] = "
           f"{rt.CODE[code]}")
     share = sweep.excess(detail=True)
@@ -113,22 +119,29 @@ def report(sweep: Sweep) -> None:
         print("  solver's point not all timed in this sweep (a point of a shared value the sweep left out?)")
 
 
-def fit(sweep: Sweep, top: int) -> None:
-    code = rt.chunked_code(sweep.shape["householder"])
+def fit(sweeps: list, top: int) -> None:
+    """Grid search of one Code entry against every sweep that uses it: the score is the time the
+    model's picks lose summed over the sweeps, over their fastest kernels' sum."""
+    code = rt.chunked_code(sweeps[0].shape["householder"], sweeps[0].shape["per_key"])
     base = rt.CODE[code]
     results = []
     try:
         for values in itertools.product(*GRID.values()):
             rt.CODE[code] = dataclasses.replace(base, **dict(zip(GRID, values)))
             rt._rates.cache_clear()
-            results.append((sweep.excess(), dict(zip(GRID, values))))
+            parts = [s.excess_ms() for s in sweeps]
+            lost, fastest = sum(p[0] for p in parts), sum(p[1] for p in parts)
+            results.append((lost / fastest if fastest else 0.0, [p[0] / p[1] if p[1] else 0.0 for p in parts],
+                            dict(zip(GRID, values))))
     finally:
         rt.CODE[code] = base
         rt._rates.cache_clear()
     results.sort(key=lambda r: r[0])
-    print(f"  grid fit of CODE[{code!r}] ({len(results)} points), best first:")
-    for share, values in results[:top]:
-        print(f"    lose {100 * share:5.1f}%  " + " ".join(f"{k}={v}" for k, v in values.items()))
+    ops = ", ".join(s.op for s in sweeps)
+    print(f"grid fit of CODE[{code!r}] over {ops} ({len(results)} points), best first:")
+    for share, each, values in results[:top]:
+        print(f"  lose {100 * share:5.1f}% ({' '.join(f'{100 * e:.1f}%' for e in each)})  "
+              + " ".join(f"{k}={v}" for k, v in values.items()))
 
 
 def main(argv=None) -> int:
@@ -137,15 +150,21 @@ def main(argv=None) -> int:
     p.add_argument("--fit", action="store_true", help="grid search of the op's Code parameters")
     p.add_argument("--top", type=int, default=5)
     a = p.parse_args(argv)
+    by_code = collections.defaultdict(list)       # the sweeps of each Code entry, fit together
     for path in a.sweeps:
         for row in json.loads(Path(path).read_text())["rows"]:
             if row.get("family") != "chunked":
                 print(f"== {row.get('op')}: family {row.get('family')}: only chunked rows are read")
                 continue
+            if not any(p.get("ms") is not None for p in row.get("points", [])):
+                print(f"== {row.get('op')}: no timed kernel point")
+                continue
             sweep = Sweep(row)
             report(sweep)
-            if a.fit:
-                fit(sweep, a.top)
+            by_code[rt.chunked_code(sweep.shape["householder"], sweep.shape["per_key"])].append(sweep)
+    if a.fit:
+        for sweeps in by_code.values():
+            fit(sweeps, a.top)
     return 0
 
 

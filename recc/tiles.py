@@ -96,8 +96,16 @@ CODE = {
     "recurrent": Code(cpi=1.0),
     "cell": Code(cpi=1.0),
     "scan": Code(cpi=1.0, move_ops=4.0, iteration=150.0),
-    # chunked kernels without householder transitions: the earlier calibration, until their sweeps run
-    "chunked": Code(cpi=2.0, move_ops=12.0, reg_comfort=96.0),
+    # chunked kernels with scalar decays (simple GLA, RetNet, Mamba2, mLSTM): fit to the H200 sweeps of simple
+    # GLA and mLSTM (results/2026-12-03-h200-sweep-simple_gla-crashed.json, ...-sweep-delta_product-mlstm.json:
+    # 55 and 189 kernel points at BT = 64, both cut short by GPU crashes) on a grid (benchmarks/calibrate.py
+    # --fit, both sweeps together, plus reg_comfort): the model's pick per kernel loses 15% of the fastest
+    # kernels' time (was 44% / 65%: 8 warps on [128, 32] state tiles ran h and dh 2.1x slower than 4 on
+    # [128, 64]); mLSTM's kernels at the new pick sum to about 1.2 ms where the old pick's ran 2.02
+    "chunked": Code(cpi=0.25, move_ops=3.0, reg_comfort=128.0, warp_cycles=400.0, load_wait=8.0),
+    # chunked_key (GLA: per-key decays, sub-chunked scores and gradients): the earlier calibration, until a
+    # sweep of its kernels runs
+    "chunked_key": Code(cpi=2.0, move_ops=12.0, reg_comfort=96.0),
     # chunked_householder (DeltaNet, gated DeltaNet, DeltaProduct): fit to the H200 sweep of DeltaNet's seven
     # kernels (benchmarks/tile_sweep.py, 1191 points at BT = 16, 32; results/2026-12-03-h200-sweep-delta_net.json),
     # with the per-warp tile bounds of templates/chunked.constraints: cpi, move_ops, warp_cycles and load_wait
@@ -107,9 +115,10 @@ CODE = {
 }
 
 
-def chunked_code(householder: bool) -> str:
-    """The CODE entry of a chunked spec's kernels: householder kernels have their own calibration."""
-    return "chunked_householder" if householder else "chunked"
+def chunked_code(householder: bool, per_key: bool = False) -> str:
+    """The CODE entry of a chunked spec's kernels: householder transitions and per-key decays
+    generate different kernels, each calibrated on its own."""
+    return "chunked_householder" if householder else "chunked_key" if per_key else "chunked"
 
 
 class TilesInfeasible(ReccError):
@@ -486,7 +495,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
     K, V, KP, NS = d["K"], d["V"], c["KP"], c["NS"]
     HH, KEY = c["HH"], c["KEY"]
     gated = int(s["gated"])
-    code = CODE[chunked_code(HH)]
+    code = CODE[chunked_code(HH, KEY)]
 
     def cd(n, b):
         return -(-n // b)

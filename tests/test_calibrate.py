@@ -7,20 +7,42 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import calibrate  # noqa: E402
+import pytest  # noqa: E402
 
 SWEEP = ROOT / "benchmarks" / "results" / "2026-12-03-h200-sweep-delta_net.json"
 
 
-def test_solver_within_10_percent_of_the_h200_delta_net_sweep():
-    """Issue #6's bar on the recorded H200 sweep (every kernel point at BT = 16, 32; BT = 64 is
+def rows(name: str) -> dict:
+    path = ROOT / "benchmarks" / "results" / f"2026-12-03-h200-{name}.json"
+    return {row["op"]: row for row in json.loads(path.read_text())["rows"]}
+
+
+@pytest.mark.parametrize("sweep_name, op", [("sweep-delta_net", "delta_net"),
+                                            ("sweep-gated_delta_net", "gated_delta_net"),
+                                            ("sweep-delta_product-mlstm", "delta_product")])
+def test_solver_within_10_percent_of_the_h200_householder_sweeps(sweep_name, op):
+    """Issue #6's bar on the recorded H200 sweeps (every kernel point at BT = 16, 32; BT = 64 is
     infeasible on a GPU, constraint hh_chunk_gpu): the solver's kernels, priced with the measured
-    times, within 10% of the fastest measured combination."""
-    row = json.loads(SWEEP.read_text())["rows"][0]
+    times, within 10% of the fastest measured combination (DeltaNet +5.9%, gated DeltaNet +5.9%,
+    DeltaProduct +4.2%)."""
+    row = rows(sweep_name)[op]
     sweep = calibrate.Sweep(row)
     point, total, parts = sweep.solver_choice()
     best = min(g["kernel_sum_ms"] for g in row["per_shared"] if g["all_timed"])
     assert point["BT"] == 32 and total is not None
     assert total <= 1.10 * best, (total, best, parts)
+
+
+def test_scalar_decay_picks_against_the_h200_sweeps():
+    """The scalar-decay kernels' calibration (recc/tiles.py CODE['chunked']) against the partial H200
+    sweeps of simple GLA and mLSTM (both cut short by GPU crashes, so no whole-choice price): per
+    kernel and shared point the model's pick loses at most 16% of the fastest measured time (the
+    earlier constants lost 44% and 65%)."""
+    sweeps = [calibrate.Sweep(rows("sweep-simple_gla-crashed")["simple_gla"]),
+              calibrate.Sweep(rows("sweep-delta_product-mlstm")["mlstm"])]
+    lost = [s.excess_ms() for s in sweeps]
+    assert sum(x for x, _ in lost) <= 0.16 * sum(f for _, f in lost), lost
+    assert all(x <= 0.16 * f for x, f in lost), lost
 
 
 def test_report_and_fit_run(capsys, monkeypatch):
@@ -31,4 +53,4 @@ def test_report_and_fit_run(capsys, monkeypatch):
                                            "load_wait": (1.0, 8.0)})
     calibrate.main([str(SWEEP), "--fit", "--top", "2"])
     out = capsys.readouterr().out
-    assert "grid fit of CODE['chunked_householder'] (2 points)" in out
+    assert "grid fit of CODE['chunked_householder'] over delta_net (2 points)" in out
