@@ -1058,8 +1058,8 @@ def sweep_op(op: Op, p: dict, args, deadline: float, crashes: dict | None, timin
     """One op's timing (`sweep`) in the process `timing` holds (FreshProcesses(1); the dry run's
     InProcess with --jobs 1), resumed in a fresh process after each crash of its CUDA context, from
     the resume file the last one left: the run that crashed is recorded and never run again; when
-    it had several new kernel points, `isolate` names the guilty ones first (never run again either,
-    nor anything that holds them). At most --max-restarts restarts (then one more process for the
+    it had several new kernel points, `isolate` names the guilty ones first, unless less than 90 s
+    of the time budget is left (never run again either, nor anything that holds them). At most --max-restarts restarts (then one more process for the
     end-to-end timings of what was timed), none past the deadline. Returns the row (`build_row`)."""
     kpoint, runs = p["kpoint"], p["runs"]
     crashes = crashes or empty_crashes()
@@ -1117,8 +1117,10 @@ def sweep_op(op: Op, p: dict, args, deadline: float, crashes: dict | None, timin
                 crashes["runs"][i], crashes["where"][i] = b["error"], "timing process"
                 if len(runs[i]["new"]) == 1:
                     state["guilty"][kpoint(runs[i]["new"][0], runs[i]["assignment"])] = b["error"]
-                else:
+                elif deadline - time.time() > 90:
                     isolate(op, p, i, crashes, state["guilty"], args.jobs, in_process)
+                else:                           # its new points: "not retried alone"
+                    print(f"  {op.name}: run {i}'s new points not isolated: the time budget is nearly spent", flush=True)
             print(f"  {op.name}: restart {restarts} of at most {args.max_restarts}: a fresh process goes on at "
                   + (f"run {state['at']} of {len(runs)}" if not state["e2e"] else "the end-to-end timings"), flush=True)
     finally:
