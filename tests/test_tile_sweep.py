@@ -165,6 +165,45 @@ def test_dry_run_crash_in_a_spawned_timing_process(tmp_path, monkeypatch):
     assert row["solver_fwd_bwd_ms"] is not None and data["rows"][1]["solver_fwd_bwd_ms"] is not None
 
 
+class _Die(BaseException):
+    """Stands for the timing process's death (e.g. a segmentation fault): no Python handler sees it."""
+
+
+def test_dry_run_timing_process_dies(tmp_path, monkeypatch):
+    """The timing process dies mid-op (FreshProcesses reports "WorkerDied"): the run it was at, from the
+    resume file it left, is listed and isolated, and a fresh process goes on; the run's points alone
+    (here none faults again) and the rest are timed."""
+    _no_precompile(monkeypatch)
+    died, run = [], tile_sweep.Op.run
+
+    def die_once(self, assignment):
+        if assignment.get("dv_stages") == 2 and not died:
+            died.append(dict(assignment))
+            raise _Die()
+        return run(self, assignment)
+
+    class Dying(tile_sweep.InProcess):
+        def submit(self, fn, *args):
+            try:
+                return super().submit(fn, *args)
+            except _Die:
+                future = tile_sweep.concurrent.futures.Future()
+                future.set_exception(RuntimeError("WorkerDied: the worker process ended (exit code -11)"))
+                return future
+
+    monkeypatch.setattr(tile_sweep.Op, "run", die_once)
+    monkeypatch.setattr(tile_sweep, "InProcess", Dying)
+    out = tmp_path / "sweep.json"
+    assert tile_sweep.main(["--dry-run", "--ops", "simple_gla", "--max-points", "3", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    row, = data["rows"]
+    assert data["errors"] == [] and row["restarts"] == 1
+    assert [(c["kernel"], c["where"]) for c in row["crashed"]] == [(None, "timing process, its process ended")]
+    assert row["crashed"][0]["point"] == died[0] and "WorkerDied" in row["crashed"][0]["error"]
+    assert row["failed"] == [] and row["timed"]["kernel_points"] == 15 and not row["cut"]["untimed_points"]
+    assert row["solver_fwd_bwd_ms"] is not None
+
+
 def test_end_to_end_timing_records_nothing():
     """End to end (`Op.plain`), the kernels run unwrapped: no launch is recorded (a Recorder kept every
     iteration's tensors alive, which slowed the first end-to-end timing of a process), and the Recorders
