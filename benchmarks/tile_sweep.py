@@ -28,37 +28,54 @@ the points grouped by (shared values, dv_BV).
    `context_broken` recognises) stops the worker's task at the run that caused it; the runs after
    it go to a fresh process (a worker is replaced after a fault), and a faulting run with several
    new kernel points is retried point by point (each alone on the run's base, as in step 3) to
-   name the guilty ones. This process never runs what faulted in a worker.
-3. time, in this process: the solver's point first (the reference outputs), then each run: a
-   forward+backward whose launches of the tuned kernels are recorded, its outputs, final states
-   and every input's and param's gradient compared with the solver's on the same inputs (bf16
-   rel. err < 5e-2, fp32 < 1e-4); then each newly covered kernel point timed alone by replaying
-   its recorded launches (`triton.testing.do_bench`, median, L2 flushed). A run that fails or
-   mismatches is split: each of its new kernel points alone with the model's best for the other
-   kernels; a point that still fails is marked (error or mismatch) and never counts as a best.
-   A point that faulted in step 2 is marked failed ("crashed the GPU context in precompile"). A
-   fault here all the same stops the op's sweep (the rest not timed, `cut`: gpu_context) and the
-   later ops; the JSON is still written.
+   name the guilty ones. The timing process never runs what faulted in a worker.
+3. time, in the timing process (spawned; this command's own process only drives it): the solver's
+   point first (the reference outputs), then each run: a forward+backward whose launches of the
+   tuned kernels are recorded, its outputs, final states and every input's and param's gradient
+   compared with the solver's on the same inputs (bf16 rel. err < 5e-2, fp32 < 1e-4); then each
+   newly covered kernel point timed alone by replaying its recorded launches
+   (`triton.testing.do_bench`, median, L2 flushed). A run that fails or mismatches is split: each
+   of its new kernel points alone with the model's best for the other kernels; a point that still
+   fails is marked (error or mismatch) and never counts as a best. A point that faulted in step 2
+   is marked failed ("crashed the GPU context in precompile").
+   A fault in the timing process (a point the compile pass did not flag: these faults do not
+   always recur) ends that process, not the op: the op's state so far (timed, failed and crashed
+   points, the run it was at) is in a resume file it writes before every run, and a fresh timing
+   process goes on from there. The fault is listed under `crashed` ("timing process, run"); a run
+   that faulted as a whole is not run again: when it has several new kernel points each is first
+   run alone in a fresh compile process (`isolate`, as in step 2) and the guilty ones are listed
+   ("isolation, ...") and marked failed, then the others are run alone in the timing process; a
+   fault while timing or running one kernel point names that point. A kernel point that faulted
+   anywhere is never launched again, nor any assignment that holds it. At most --max-restarts (5)
+   fresh processes an op; past that, the runs left are not done (`cut.gpu_context`) and one more
+   process times end to end what was timed. None past --time-budget. Every op in --ops runs, each
+   in a healthy timing process (one is kept while healthy, replaced after a fault).
 4. per shared assignment, the best kernel points summed; the best combination of every shared
-   assignment (and the solver's point) timed end to end (forward+backward, do_bench median) and
-   checked again. best = the fastest of those end to end; ratio = solver / best.
+   assignment (and the solver's point, before them and again after them: `solver_fwd_bwd_ms` is the
+   smaller, `solver_fwd_bwd_ms_each` both) timed end to end (forward+backward, do_bench median, the
+   kernels unwrapped: `Op.plain`) and checked again. best = the fastest of those end to end;
+   ratio = solver / best.
 
 Each op's row (JSON under --out, a table printed last) has the solver's point and its times
 (forward+backward, per kernel), the best point and its times, both ratios (end to end and of
 the kernel sums), how many points were feasible and timed, the failed points, `crashed` (what
-faulted the GPU: kernel, point, error, where; kernel null: a run that faulted only as a whole),
-and `exhaustive`: true only when every feasible point of the op was timed or marked failed (`cut`
-says what stopped it: --shared, --max-points, --time-budget, --e2e-top, gpu_context). The summary
-names every crash. `--merge` joins rows of one op swept in parts over disjoint --shared values
+faulted the GPU: kernel, point, error, where; kernel null: a run that faulted as a whole),
+`restarts` (fresh timing processes after faults) and `timing_processes`, and `exhaustive`: true
+only when every feasible point of the op was timed or marked failed (`cut` says what stopped it:
+--shared, --max-points, --time-budget, --e2e-top, gpu_context: the restarts ran out or the
+solver's point faulted). The summary names every crash. `--merge` joins rows of one op swept in parts over disjoint --shared values
 (exhaustive when the parts cover every shared assignment).
 
 Tests only: RECC_SWEEP_CRASH="o_stages=2" makes a run at an assignment with these values fault
-as CUDA's illegal address would, sticky (`_simulated_crash`); tests/test_tile_sweep.py.
+as CUDA's illegal address would, sticky (`_simulated_crash`); tests/test_tile_sweep.py. The dry
+run with --jobs 1 runs the compile tasks and the timing in this process (a fresh process's healthy
+context simulated: the fault cleared); with --jobs > 1 in spawned processes, as on a GPU.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import datetime
 import hashlib
 import importlib.util
@@ -66,6 +83,7 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import sys
 import tempfile
 import threading
@@ -218,9 +236,9 @@ class Op:
         # dqk sums dv's NVB = V / dv_BV partial products of dA (a constexpr), which the cost model's
         # term leaves out; the sweep keys dqk's points by dv_BV too and groups the points by it
         self.coupled = {"dqk": ("dv_BV",)} if shape.get("per_key") else {}
-        self.recorders = {}
+        self.recorders, self.attrs = {}, {}
         for t in self.terms:
-            attr = f"{rec.name}_{KERNEL_GLOBALS[self.family][t.name]}"
+            attr = self.attrs[t.name] = f"{rec.name}_{KERNEL_GLOBALS[self.family][t.name]}"
             if not hasattr(self.module, attr):
                 raise RuntimeError(f"{name}: the module has no kernel {attr} for term {t.name}")
             self.recorders[t.name] = Recorder(getattr(self.module, attr))
@@ -263,8 +281,23 @@ class Op:
             raise RuntimeError(f"{self.name}: kernels of terms {missing} were not launched")
         return got
 
+    @contextlib.contextmanager
+    def plain(self):
+        """The module's own kernels in place of the Recorders for a while (end-to-end timing): a
+        Recorder keeps every launch's arguments, so a do_bench loop through it held every iteration's
+        tensors alive and each iteration allocated afresh from the device (the next candidate's run
+        frees them into the caching allocator, so only the first end-to-end timing paid for it: the
+        likely cause of gated DeltaNet's solver reading 3.25 ms on the H200 against a kernel sum of 1.60)."""
+        for t, r in self.recorders.items():
+            setattr(self.module, self.attrs[t], r.kernel)
+        try:
+            yield
+        finally:
+            for t, r in self.recorders.items():
+                setattr(self.module, self.attrs[t], r)
+
     def fwd_bwd(self, assignment: dict):
-        """A no-argument forward + backward at `assignment` (for end-to-end timing)."""
+        """A no-argument forward + backward at `assignment` (for end-to-end timing, under `plain`)."""
         from recc.signature import bind
         rec, m = self.rec, self.module
         out = rec.outputs[0].name
@@ -550,7 +583,7 @@ def precompile(op: Op, runs: list, shared: list, jobs: int, deadline: float, in_
     point (`alone`), each in a task of its own, to find the guilty ones. `crashed` (for `sweep`):
     bases {key: error}, runs {index: error}, alone {(index, kernel): error}, alone_ok {(index, kernel)}."""
     t0 = time.time()
-    crashed = {"bases": {}, "runs": {}, "alone": {}, "alone_ok": set()}
+    crashed = empty_crashes()
     out = {"seconds": 0.0, "runs": 0, "failed": 0, "crashed": crashed}
     if not runs:
         return out
@@ -637,133 +670,21 @@ def make_timer(dry: bool, warmup: int, rep: int):
     return lambda fn: triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
-def sweep(op: Op, p: dict, args, deadline: float, crashes: dict | None = None) -> dict:
-    """Steps 3 and 4 of the module docstring for one op; returns its result row. `crashes`: what
-    broke a worker's CUDA context in `precompile`; those assignments are never run here."""
-    import torch
-    dry = op.device == "cpu"
-    sync = (lambda: None) if dry else torch.cuda.synchronize
-    kernel_timer = make_timer(dry, args.kernel_warmup, args.kernel_rep)
-    e2e_timer = make_timer(dry, args.warmup, args.rep)
-    tol = args.tol or TOL[str(op.dtype).replace("torch.", "")]
-    kpoint = p["kpoint"]
-    times, errors, failed = {}, {}, {}           # kernel point -> ms / rel err / reason
-    crashes = crashes or {"bases": {}, "runs": {}, "alone": {}, "alone_ok": set()}
-    crashed = []                                 # the row's: what broke a CUDA context, and where
-    if _key(op.solver) in crashes["bases"]:
-        raise RuntimeError(f"the solver's point crashed the GPU context in precompile: {crashes['bases'][_key(op.solver)]}")
+def new_state() -> dict:
+    """An op's sweep so far, the resume file its timing processes hand on: kernel point -> ms (`times`),
+    rel. err (`errors`), reason (`failed`); the row's `crashed`; `guilty`: kernel points that crashed
+    the GPU context (never launched again, nor any assignment that holds one); `at`: the run to do
+    next; `reference`: the solver's point ran and was timed; `e2e`: the end-to-end timings so far, in
+    candidate order; `cut`: the time budget stopped the runs; `runs_stopped`: why the runs left are not
+    done (the restarts ran out); `broken`: what crashed the last process (for the driver); `processes`:
+    the timing processes it took."""
+    return {"times": {}, "errors": {}, "failed": {}, "crashed": [], "guilty": {}, "at": 0, "reference": False,
+            "e2e": [], "cut": False, "runs_stopped": None, "broken": None, "processes": 0}
 
-    ref = [(n, v.detach().clone()) for n, v in op.run(op.solver)]
-    sync()
 
-    def time_new(names, a):
-        for t in names:
-            k = kpoint(t, a)
-            try:
-                times[k] = kernel_timer(op.recorders[t].replay)
-            except Exception as e:  # noqa: BLE001
-                if context_broken(e):
-                    raise ContextBroken(_error_text(e), {"kernel": t, "point": a, "while": "timing"}) from e
-                failed[k] = f"error while timing: {type(e).__name__}: {str(e)[:200]}"
-
-    time_new([t.name for t in op.terms], op.solver)
-    for t in op.terms:
-        errors[kpoint(t.name, op.solver)] = 0.0
-
-    def attempt(a):
-        """(ok, reason, err): a run at `a` against the reference."""
-        try:
-            got = op.run(a)
-            sync()
-        except Exception as e:  # noqa: BLE001
-            if context_broken(e):
-                raise ContextBroken(_error_text(e), {"kernel": None, "point": a, "while": "run"}) from e
-            return False, f"error: {_error_text(e)}", None
-        err, which = rel_err(got, ref)
-        if not err < tol:
-            return False, f"mismatch: {which} rel err {err:.2e} against the solver's point", err
-        return True, "", err
-
-    def described_k(k):
-        return f"{k[0]} {dict(zip(p['read'][k[0]], k[1]))}"
-
-    def crash(k, error, a, where):
-        failed[k] = f"crashed the GPU context in {where}: {error}"
-        crashed.append({"kernel": k[0], "point": dict(zip(p["read"][k[0]], k[1])), "error": error,
-                        "assignment": a, "where": where})
-        print(f"  {op.name}: {described_k(k)} CRASHED the GPU context ({where}): {error}", flush=True)
-
-    def run_one(i, r):
-        """Run `r` (index i): checked, its new points timed; a failing run split point by point."""
-        a = r["assignment"]
-        base_crash = crashes["bases"].get(_key(r["base"]))
-        if base_crash:                          # every run of the group holds the crashing base
-            for t in r["new"]:
-                failed[kpoint(t, a)] = f"not run: its group's base point crashed the GPU context in precompile: {base_crash}"
-            return
-        run_crash = crashes["runs"].get(i)
-        if run_crash and len(r["new"]) == 1:    # the run is its one new point alone on the base
-            crash(kpoint(r["new"][0], a), run_crash, a, "precompile")
-            return
-        if not run_crash:
-            ok, reason, err = attempt(a)
-            if ok:
-                for t in r["new"]:
-                    errors[kpoint(t, a)] = err
-                time_new(r["new"], a)
-                return
-        guilty = False
-        for t in r["new"]:                      # split: each new point alone, the model's best elsewhere
-            one, k = alone(op, p["shared"], r, t), kpoint(t, a)
-            if run_crash and (i, t) in crashes["alone"]:
-                crash(k, crashes["alone"][(i, t)], one, "precompile")
-                guilty = True
-                continue
-            if run_crash and (i, t) not in crashes["alone_ok"]:
-                failed[k] = f"not run: its run crashed the GPU context in precompile ({run_crash}), not retried alone"
-                continue
-            ok1, reason1, err1 = attempt(one)
-            if ok1:
-                errors[k] = err1
-                time_new([t], one)
-            else:
-                failed[k] = reason1
-                print(f"  {op.name}: {described_k(k)} FAILED {reason1}", flush=True)
-        if run_crash and not guilty:            # no point crashed alone: the combination did
-            crashed.append({"kernel": None, "point": a, "new": r["new"], "error": run_crash, "assignment": a,
-                            "where": "precompile, as a run (none of its new points alone)"})
-            print(f"  {op.name}: run {described(a)} CRASHED the GPU context (precompile), none of its new points "
-                  f"({', '.join(r['new'])}) alone: {run_crash}", flush=True)
-
-    def on_broken(e, i):
-        where, t = e.where, e.where["kernel"]
-        entry = {"kernel": t, "point": dict(zip(p["read"][t], kpoint(t, where["point"])[1])) if t else where["point"],
-                 "error": str(e), "assignment": where["point"], "where": f"main process, {where['while']}"}
-        if where["kernel"] is None and i is not None and where["point"] == p["runs"][i]["assignment"]:
-            entry["new"] = p["runs"][i]["new"]
-        crashed.append(entry)
-        at = "" if i is None else f", run {i} of {len(p['runs'])}"
-        text = f"the GPU context broke in this process ({where['while']} {described(where['point'])}{at}): {e}"
-        print(f"  {op.name}: {text}; this op's sweep stops here, what is left is not timed", flush=True)
-        return text
-
-    cut, broken = False, None
-    stop = deadline - sum(g["selected"] for g in p["groups"]) * COST["e2e"] - 15      # room for the end-to-end timings and the JSON
-    for i, r in enumerate(p["runs"]):
-        if time.time() > stop:
-            cut = True
-            print(f"  time budget: stopped after {i} of {len(p['runs'])} runs", flush=True)
-            break
-        try:
-            run_one(i, r)
-        except ContextBroken as e:          # sticky: nothing more can run in this process
-            broken = on_broken(e, i)
-            break
-        if (i + 1) % 50 == 0:
-            print(f"  {op.name}: {i + 1}/{len(p['runs'])} runs, {len(times)} kernel points timed", flush=True)
-
-    # 4. per shared assignment: the best of each kernel, summed; then end to end
-    per_shared = []
+def per_shared_of(op: Op, p: dict, times: dict, failed: dict) -> list:
+    """Per selected group: the best timed point of each kernel, summed (fastest first)."""
+    kpoint, out = p["kpoint"], []
     for g in p["groups"]:
         if not g["selected"]:
             continue
@@ -779,45 +700,240 @@ def sweep(op: Op, p: dict, args, deadline: float, crashes: dict | None = None) -
         else:
             complete = all(kpoint(t.name, {**s, **o}) in times or kpoint(t.name, {**s, **o}) in failed
                            for t in op.terms for o in g["own"][t.name])
-            per_shared.append({"shared": s, "point": {**s, **best}, "kernels_ms": parts,
-                               "kernel_sum_ms": sum(parts.values()), "all_timed": complete})
-    per_shared.sort(key=lambda x: x["kernel_sum_ms"])
-    solver_parts = {t.name: times.get(kpoint(t.name, op.solver)) for t in op.terms}
-    solver_sum = None if None in solver_parts.values() else sum(solver_parts.values())
-    e2e = []
-    candidates = [("solver", op.solver)] + [("shared", c["point"]) for c in per_shared[:args.e2e_top or None]]
-    for what, a in candidates if not broken else []:
+            out.append({"shared": s, "point": {**s, **best}, "kernels_ms": parts,
+                        "kernel_sum_ms": sum(parts.values()), "all_timed": complete})
+    out.sort(key=lambda x: x["kernel_sum_ms"])
+    return out
+
+
+def sweep(op: Op, p: dict, args, deadline: float, crashes: dict | None, state: dict, save=lambda: None) -> dict:
+    """Steps 3 and 4 of the module docstring for one op, in the timing process, from `state` (a
+    `new_state()`, or what an earlier timing process left: it goes on where that one stopped), which
+    it updates and `save`s before each run and end-to-end timing. `crashes`: what broke a CUDA context
+    in `precompile` or in an earlier timing process; those assignments are never run here. A crash of
+    this process's context ends it: `state["broken"]` says where (the driver, `sweep_op`, starts a
+    fresh process)."""
+    import torch
+    dry = op.device == "cpu"
+    sync = (lambda: None) if dry else torch.cuda.synchronize
+    kernel_timer = make_timer(dry, args.kernel_warmup, args.kernel_rep)
+    e2e_timer = make_timer(dry, args.warmup, args.rep)
+    tol = args.tol or TOL[str(op.dtype).replace("torch.", "")]
+    kpoint, runs = p["kpoint"], p["runs"]
+    times, errors, failed, crashed, guilty = (state[k] for k in ("times", "errors", "failed", "crashed", "guilty"))
+    crashes = crashes or empty_crashes()
+    if _key(op.solver) in crashes["bases"]:
+        raise RuntimeError(f"the solver's point crashed the GPU context in precompile: {crashes['bases'][_key(op.solver)]}")
+
+    def time_new(names, a):
+        for t in names:
+            k = kpoint(t, a)
+            if k in times:
+                continue
+            try:
+                times[k] = kernel_timer(op.recorders[t].replay)
+            except Exception as e:  # noqa: BLE001
+                if context_broken(e):
+                    raise ContextBroken(_error_text(e), {"kernel": t, "point": a, "while": "timing"}) from e
+                failed[k] = f"error while timing: {type(e).__name__}: {str(e)[:200]}"
+
+    def described_k(k):
+        return f"{k[0]} {dict(zip(p['read'][k[0]], k[1]))}"
+
+    def attempt(a, kernel=None):
+        """(ok, reason, err): a run at `a` against the reference (`kernel`: the one point `a` tries alone)."""
+        held = [k for t in op.terms if (k := kpoint(t.name, a)) in guilty]
+        if held:
+            return False, f"not run: it holds {described_k(held[0])}, which crashed the GPU context", None
+        try:
+            got = op.run(a)
+            sync()
+        except Exception as e:  # noqa: BLE001
+            if context_broken(e):
+                raise ContextBroken(_error_text(e), {"kernel": kernel, "point": a,
+                                                     "while": "run alone" if kernel else "run"}) from e
+            return False, f"error: {_error_text(e)}", None
+        err, which = rel_err(got, ref)
+        if not err < tol:
+            return False, f"mismatch: {which} rel err {err:.2e} against the solver's point", err
+        return True, "", err
+
+    def crash(k, error, a, where):
+        failed[k] = f"crashed the GPU context in {where}: {error}"
+        crashed.append({"kernel": k[0], "point": dict(zip(p["read"][k[0]], k[1])), "error": error,
+                        "assignment": a, "where": where})
+        print(f"  {op.name}: {described_k(k)} CRASHED the GPU context ({where}): {error}", flush=True)
+
+    def run_one(i, r):
+        """Run `r` (index i): checked, its new points timed; a failing run, or one that crashed a
+        process or holds a guilty point, split point by point (each alone on the group's base)."""
+        a = r["assignment"]
+        base_crash = crashes["bases"].get(_key(r["base"]))
+        if base_crash:                          # every run of the group holds the crashing base
+            for t in r["new"]:
+                failed[kpoint(t, a)] = f"not run: its group's base point crashed the GPU context in precompile: {base_crash}"
+            return
+        run_crash = crashes["runs"].get(i)
+        here = crashes.get("where", {}).get(i) == "timing process"      # its entry is in `crashed` already
+        todo = [t for t in r["new"] if kpoint(t, a) not in times and kpoint(t, a) not in failed]
+        if run_crash and len(r["new"]) == 1:    # the run is its one new point alone on the base
+            if here:
+                failed[kpoint(r["new"][0], a)] = f"crashed the GPU context in the timing process: {run_crash}"
+            else:
+                crash(kpoint(r["new"][0], a), run_crash, a, "precompile")
+            return
+        held = any(kpoint(t.name, a) in guilty for t in op.terms)
+        if not run_crash and not held:
+            ok, reason, err = attempt(a)
+            if ok:
+                for t in todo:
+                    errors[kpoint(t, a)] = err
+                time_new(todo, a)
+                return
+        named = False
+        for t in todo:                          # split: each new point alone, the model's best elsewhere
+            one, k = alone(op, p["shared"], r, t), kpoint(t, a)
+            if run_crash and (i, t) in crashes["alone"]:
+                crash(k, crashes["alone"][(i, t)], one, "isolation, alone in a fresh process after the timing "
+                      "process crashed" if here else "precompile")
+                named = True
+                continue
+            if k in guilty:
+                failed[k] = f"crashed the GPU context: {guilty[k]}"
+                continue
+            if run_crash and (i, t) not in crashes["alone_ok"]:
+                failed[k] = f"not run: its run crashed the GPU context ({run_crash}), not retried alone"
+                continue
+            ok1, reason1, err1 = attempt(one, t)
+            if ok1:
+                errors[k] = err1
+                time_new([t], one)
+            else:
+                failed[k] = reason1
+                print(f"  {op.name}: {described_k(k)} FAILED {reason1}", flush=True)
+        if run_crash and not named and not here:    # no point crashed alone: the combination did
+            crashed.append({"kernel": None, "point": a, "new": r["new"], "error": run_crash, "assignment": a,
+                            "where": "precompile, as a run (none of its new points alone)"})
+            print(f"  {op.name}: run {described(a)} CRASHED the GPU context (precompile), none of its new points "
+                  f"({', '.join(r['new'])}) alone: {run_crash}", flush=True)
+
+    def on_broken(e, i):
+        """Record a crash of this process's context (sticky: nothing more runs here) for the driver."""
+        where, t = e.where, e.where["kernel"]
+        entry = {"kernel": t, "point": dict(zip(p["read"][t], kpoint(t, where["point"])[1])) if t else where["point"],
+                 "error": str(e), "assignment": where["point"], "where": f"timing process, {where['while']}"}
+        if t:                                   # the kernel point is named: never launched again
+            k = kpoint(t, where["point"])
+            failed[k] = f"crashed the GPU context in the timing process ({where['while']}): {e}"
+            guilty[k] = str(e)
+        elif i is not None and where["point"] == runs[i]["assignment"]:
+            entry["new"] = runs[i]["new"]
+        crashed.append(entry)
+        state["broken"] = {"run": i, "kernel": t, "point": where["point"], "while": where["while"], "error": str(e)}
+        at = "" if i is None else f", run {i} of {len(runs)}"
+        print(f"  {op.name}: the GPU context broke in this process ({where['while']} {described(where['point'])}{at}): "
+              f"{e}; this process ends, a fresh one goes on", flush=True)
+        save()
+        return state
+
+    # the reference: the solver's point (each process runs it again; times kept from earlier processes)
+    try:
+        ref = [(n, v.detach().clone()) for n, v in op.run(op.solver)]
+        sync()
+        time_new([t.name for t in op.terms], op.solver)
+    except Exception as e:  # noqa: BLE001
+        if not context_broken(e):
+            raise
+        crashed.append({"kernel": None, "point": op.solver, "error": _error_text(e), "assignment": op.solver,
+                        "where": "timing process, the solver's point"})
+        state["broken"] = {"reference": True, "run": None, "kernel": None, "point": op.solver,
+                           "while": "the solver's point", "error": _error_text(e)}
+        save()
+        return state
+    state["reference"] = True
+    for t in op.terms:
+        errors[kpoint(t.name, op.solver)] = 0.0
+
+    stop = deadline - sum(g["selected"] for g in p["groups"]) * COST["e2e"] - 15      # room for the end-to-end timings and the JSON
+    if state["at"] and state["at"] < len(runs) and not state["e2e"] and not state["runs_stopped"]:
+        print(f"  {op.name}: resumed at run {state['at']} of {len(runs)} ({len(times)} kernel points timed so far)",
+              flush=True)
+    for i in range(state["at"], len(runs)):
+        if state["e2e"] or state["runs_stopped"]:
+            break
+        if time.time() > stop:
+            state["cut"] = True
+            print(f"  time budget: stopped after {i} of {len(runs)} runs", flush=True)
+            break
+        state["at"] = i
+        save()
+        try:
+            run_one(i, runs[i])
+        except ContextBroken as e:          # sticky: nothing more can run in this process
+            return on_broken(e, i)
+        state["at"] = i + 1
+        if (i + 1) % 50 == 0:
+            print(f"  {op.name}: {i + 1}/{len(runs)} runs, {len(times)} kernel points timed", flush=True)
+
+    # 4. end to end: the solver's point, the best combination of each group, the solver's point again
+    per_shared = per_shared_of(op, p, times, failed)
+    candidates = ([("solver", op.solver)] + [("shared", c["point"]) for c in per_shared[:args.e2e_top or None]]
+                  + [("solver again", op.solver)])
+    for j, (what, a) in enumerate(candidates):
+        if j < len(state["e2e"]):
+            continue
+        entry = {"what": what, "point": a, "fwd_bwd_ms": None, "error": "not timed: its process died"}
+        state["e2e"].append(entry)
+        save()
         try:
             ok, reason, err = attempt(a)
             if not ok:
                 print(f"  {op.name}: end to end at {a}: {reason}", flush=True)
-                e2e.append({"what": what, "point": a, "fwd_bwd_ms": None, "error": reason})
+                entry["error"] = reason
                 continue
             fn = op.fwd_bwd(a)
-            try:
-                fn()
-                sync()
-                ms = e2e_timer(fn)
-            except Exception as e:  # noqa: BLE001
-                if context_broken(e):
-                    raise ContextBroken(_error_text(e), {"kernel": None, "point": a, "while": "end to end"}) from e
-                raise
+            with op.plain():
+                try:
+                    fn()
+                    sync()
+                    ms = e2e_timer(fn)
+                except Exception as e:  # noqa: BLE001
+                    if context_broken(e):
+                        raise ContextBroken(_error_text(e), {"kernel": None, "point": a, "while": "end to end"}) from e
+                    raise
         except ContextBroken as e:
-            broken = on_broken(e, None)
-            break
-        e2e.append({"what": what, "point": a, "fwd_bwd_ms": ms, "rel_err": err})
-    if broken and not e2e:
-        e2e.append({"what": "solver", "point": op.solver, "fwd_bwd_ms": None, "error": f"not run: {broken}"})
+            entry["error"] = f"crashed the GPU context: {e}"
+            return on_broken(e, None)
+        del entry["error"]
+        entry.update(fwd_bwd_ms=ms, rel_err=err)
+    save()
+    return state
+
+
+def build_row(op: Op, p: dict, args, state: dict, restarts: int = 0, ended: str | None = None) -> dict:
+    """An op's result row from its sweep's final `state` (no GPU needed). `ended`: why its sweep stopped
+    short (a crash at the solver's point, the restarts or the time budget spent at a crash)."""
+    kpoint = p["kpoint"]
+    times, errors, failed, crashed = state["times"], state["errors"], state["failed"], state["crashed"]
+    tol = args.tol or TOL[str(op.dtype).replace("torch.", "")]
+    per_shared = per_shared_of(op, p, times, failed)
+    e2e = state["e2e"]
     for c in per_shared:
-        c["fwd_bwd_ms"] = next((x["fwd_bwd_ms"] for x in e2e[1:] if x["point"] == c["point"]), None)
-    solver_ms = e2e[0]["fwd_bwd_ms"]
+        c["fwd_bwd_ms"] = next((x["fwd_bwd_ms"] for x in e2e if x["what"] == "shared" and x["point"] == c["point"]), None)
+    solver_each = [x["fwd_bwd_ms"] for x in e2e if x["what"] in ("solver", "solver again")]
+    solver_timed = [x for x in solver_each if x is not None]
+    solver_ms = min(solver_timed) if solver_timed else None
     timed_e2e = [x for x in e2e if x["fwd_bwd_ms"] is not None]
     best = min(timed_e2e, key=lambda x: x["fwd_bwd_ms"]) if timed_e2e else None
+    solver_parts = {t.name: times.get(kpoint(t.name, op.solver)) for t in op.terms}
+    solver_sum = None if None in solver_parts.values() else sum(solver_parts.values())
     best_parts = {t.name: times.get(kpoint(t.name, best["point"])) for t in op.terms} if best else {}
     best_kernels = per_shared[0] if per_shared else None
     attempted = all(kpoint(t.name, {**g["shared"], **o}) in times or kpoint(t.name, {**g["shared"], **o}) in failed
                     for g in p["groups"] if g["selected"] for t in op.terms for o in g["own"][t.name])
-    exhaustive = p["complete"] and not cut and not broken and attempted and (args.e2e_top or math.inf) >= len(per_shared)
+    gpu_cut = ended or state["runs_stopped"]
+    exhaustive = (p["complete"] and not state["cut"] and not gpu_cut and attempted
+                  and (args.e2e_top or math.inf) >= len(per_shared))
     points = [{"kernel": k[0], "point": dict(zip(p["read"][k[0]], k[1])), "ms": ms, "rel_err": errors.get(k)}
               for k, ms in times.items()]
     points += [{"kernel": k[0], "point": dict(zip(p["read"][k[0]], k[1])), "ms": None, "failed": why}
@@ -825,8 +941,8 @@ def sweep(op: Op, p: dict, args, deadline: float, crashes: dict | None = None) -
     return {
         "op": op.name, "family": op.family, "sizes": op.sizes, "dtype": str(op.dtype).replace("torch.", ""),
         "hardware_model": op.hw.name,
-        "solver": op.solver, "solver_fwd_bwd_ms": solver_ms, "solver_kernels_ms": solver_parts,
-        "solver_kernel_sum_ms": solver_sum,
+        "solver": op.solver, "solver_fwd_bwd_ms": solver_ms, "solver_fwd_bwd_ms_each": solver_each,
+        "solver_kernels_ms": solver_parts, "solver_kernel_sum_ms": solver_sum,
         "best": best["point"] if best else None, "best_fwd_bwd_ms": best["fwd_bwd_ms"] if best else None,
         "best_kernels_ms": best_parts,
         "best_kernel_sum": best_kernels["point"] if best_kernels else None,
@@ -840,14 +956,202 @@ def sweep(op: Op, p: dict, args, deadline: float, crashes: dict | None = None) -
                   "end_to_end": len(timed_e2e), "crashed": len(crashed)},
         "failed": [x for x in points if x.get("failed")],
         "crashed": crashed,
+        "restarts": restarts, "timing_processes": state["processes"],
         "tolerance": tol, "max_rel_err_passed": max((e for e in errors.values() if e is not None), default=None),
         "exhaustive": bool(exhaustive),
-        "cut": {"shared": not all(g["selected"] for g in p["groups"]), "max_points": p["capped"], "time_budget": cut,
-                "e2e_top": (args.e2e_top or math.inf) < len(per_shared), "untimed_points": not attempted,
-                "gpu_context": broken},
+        "cut": {"shared": not all(g["selected"] for g in p["groups"]), "max_points": p["capped"],
+                "time_budget": state["cut"], "e2e_top": (args.e2e_top or math.inf) < len(per_shared),
+                "untimed_points": not attempted, "gpu_context": gpu_cut},
         "shared_selected": p["selected"],
         "per_shared": per_shared, "end_to_end": e2e, "points": points,
     }
+
+
+# ---- the timing process, a fresh one after each crash -------------------------------------------
+
+_WORKER_PLANS = {}
+
+
+def _op_key(name: str, device: str, sizes: dict) -> tuple:
+    return name, device, tuple(sorted(sizes.items()))
+
+
+def _plan_key(name: str, device: str, sizes: dict, filt: dict, max_points) -> tuple:
+    return _op_key(name, device, sizes), _key({k: sorted(v) for k, v in filt.items()}), max_points
+
+
+def _runs_digest(p: dict) -> str:
+    return hashlib.sha256(_key([r["assignment"] for r in p["runs"]]).encode()).hexdigest()[:16]
+
+
+def _save_state(path, state: dict):
+    path = Path(path)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(pickle.dumps(state))
+    os.replace(tmp, path)
+
+
+def _timing_task(name: str, device: str, sizes: dict, filt: dict, max_points, args, deadline: float,
+                 crashes: dict, path: str, digest: str) -> dict:
+    """In the timing process: the op's sweep (`sweep`) from the state in the resume file `path`, saved
+    back there before each run and end-to-end timing (so a process that dies leaves where it was).
+    Returns {"crashed": the error that broke this process's CUDA context, or None}: FreshProcesses
+    replaces a process whose context broke."""
+    key = _op_key(name, device, sizes)
+    for k in [k for k in _WORKER_OPS if k != key]:       # an earlier op's inputs and module
+        del _WORKER_OPS[k]
+    if key not in _WORKER_OPS:
+        _WORKER_OPS[key] = Op(name, device, sizes)
+    op = _WORKER_OPS[key]
+    pkey = _plan_key(name, device, sizes, filt, max_points)
+    if pkey not in _WORKER_PLANS:
+        _WORKER_PLANS.clear()
+        _WORKER_PLANS[pkey] = plan(op, filt, max_points)
+    p = _WORKER_PLANS[pkey]
+    if _runs_digest(p) != digest:
+        raise RuntimeError(f"{name}: the timing process's plan is not the driver's")
+    state = pickle.loads(Path(path).read_bytes())
+    state["processes"] += 1
+    sweep(op, p, args, deadline, crashes, state, lambda: _save_state(path, state))
+    _save_state(path, state)
+    if device != "cpu" and not state["broken"]:
+        import torch
+        torch.cuda.empty_cache()                # room for the next op's compile workers
+    return {"crashed": state["broken"]["error"] if state["broken"] else None}
+
+
+def empty_crashes() -> dict:
+    """`precompile`'s record of crashes (and `sweep_op`'s, of the timing process's: `where` "timing process")."""
+    return {"bases": {}, "runs": {}, "alone": {}, "alone_ok": set(), "where": {}}
+
+
+def isolate(op: Op, p: dict, i: int, crashes: dict, guilty: dict, jobs: int, in_process: bool):
+    """Run `i` crashed the timing process as a whole: each of its new kernel points alone on the
+    group's base (`alone`), each in a fresh compile process, to name the guilty ones (as `precompile`
+    does): into crashes["alone"] / ["alone_ok"] and `guilty`."""
+    r, kpoint = p["runs"][i], p["kpoint"]
+    pool = InProcess() if in_process else FreshProcesses(min(max(1, jobs), len(r["new"])))
+    try:
+        futures = {t: pool.submit(_compile_task, op.name, op.device, op.sizes, [alone(op, p["shared"], r, t)])
+                   for t in r["new"]}
+        for t, f in futures.items():
+            try:
+                res = f.result()
+            except Exception as e:  # noqa: BLE001
+                text = str(e)
+                res = {"crashed": [0, text] if context_broken(text) or text.startswith("WorkerDied") else None}
+            if res["crashed"]:
+                crashes["alone"][(i, t)] = res["crashed"][1]
+                guilty[kpoint(t, r["assignment"])] = res["crashed"][1]
+            else:
+                crashes["alone_ok"].add((i, t))
+    finally:
+        pool.shutdown()
+    named = [t for t in r["new"] if (i, t) in crashes["alone"]]
+    print(f"  {op.name}: run {i}'s new points alone, each in a fresh process: "
+          + (f"{', '.join(named)} crashed (never run again)" if named else "none crashed (the combination did)"),
+          flush=True)
+
+
+def sweep_op(op: Op, p: dict, args, deadline: float, crashes: dict | None, timing, filt: dict,
+             in_process: bool) -> dict:
+    """One op's timing (`sweep`) in the process `timing` holds (FreshProcesses(1); the dry run's
+    InProcess with --jobs 1), resumed in a fresh process after each crash of its CUDA context, from
+    the resume file the last one left: the run that crashed is recorded and never run again; when
+    it had several new kernel points, `isolate` names the guilty ones first, unless less than 90 s
+    of the time budget is left (never run again either, nor anything that holds them). At most --max-restarts restarts (then one more process for the
+    end-to-end timings of what was timed), none past the deadline. Returns the row (`build_row`)."""
+    kpoint, runs = p["kpoint"], p["runs"]
+    crashes = crashes or empty_crashes()
+    crashes.setdefault("where", {})
+    if _key(op.solver) in crashes["bases"]:
+        raise RuntimeError(f"the solver's point crashed the GPU context in precompile: {crashes['bases'][_key(op.solver)]}")
+    state = new_state()
+    for (i, t), text in crashes["alone"].items():       # precompile's guilty points
+        state["guilty"][kpoint(t, runs[i]["assignment"])] = text
+    for i, text in crashes["runs"].items():
+        if len(runs[i]["new"]) == 1:
+            state["guilty"][kpoint(runs[i]["new"][0], runs[i]["assignment"])] = text
+    if in_process:
+        _WORKER_OPS[_op_key(op.name, op.device, op.sizes)] = op
+        _WORKER_PLANS[_plan_key(op.name, op.device, op.sizes, filt, args.max_points)] = p
+    folder = Path(tempfile.mkdtemp(prefix=f"recc_sweep_{op.name}_"))
+    path = folder / "resume.pkl"
+    restarts, ended, digest = 0, None, _runs_digest(p)
+    try:
+        while True:
+            state["broken"] = None
+            _save_state(path, state)
+            error = None
+            try:
+                timing.submit(_timing_task, op.name, op.device, op.sizes, filt, args.max_points, args, deadline,
+                              crashes, str(path), digest).result()
+            except Exception as e:  # noqa: BLE001
+                error = str(e)
+            state = pickle.loads(path.read_bytes())
+            if error and not state["broken"]:
+                if not (context_broken(error) or error.startswith("WorkerDied")):
+                    raise RuntimeError(error)       # e.g. the solver's point fails: the op's error
+                state["broken"] = _died(op, p, state, error)
+            b = state["broken"]
+            if not b:
+                break
+            restarts += 1
+            if b.get("reference"):
+                ended = f"the solver's point crashed the GPU context in the timing process: {b['error']}"
+                break
+            if time.time() > deadline:
+                ended = f"the time budget was spent at a crash: {b['error']}"
+                break
+            if restarts > args.max_restarts:
+                if state["e2e"] or state["runs_stopped"]:
+                    ended = f"{restarts} crashes, more than --max-restarts {args.max_restarts}; the last: {b['error']}"
+                    break
+                state["runs_stopped"] = (f"{restarts} crashes, more than --max-restarts {args.max_restarts}: the "
+                                         f"runs from {state['at']} on not done; the last: {b['error']}")
+                print(f"  {op.name}: {state['runs_stopped']}; a fresh process times end to end what was timed",
+                      flush=True)
+                continue
+            i = b["run"]
+            if i is not None and b["kernel"] is None and b["point"] == runs[i]["assignment"]:
+                crashes["runs"][i], crashes["where"][i] = b["error"], "timing process"
+                if len(runs[i]["new"]) == 1:
+                    state["guilty"][kpoint(runs[i]["new"][0], runs[i]["assignment"])] = b["error"]
+                elif deadline - time.time() > 90:
+                    isolate(op, p, i, crashes, state["guilty"], args.jobs, in_process)
+                else:                           # its new points: "not retried alone"
+                    print(f"  {op.name}: run {i}'s new points not isolated: the time budget is nearly spent", flush=True)
+            print(f"  {op.name}: restart {restarts} of at most {args.max_restarts}: a fresh process goes on at "
+                  + (f"run {state['at']} of {len(runs)}" if not state["e2e"] else "the end-to-end timings"), flush=True)
+    finally:
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+    if ended:
+        print(f"  {op.name}: the sweep stops here: {ended}", flush=True)
+    return build_row(op, p, args, state, restarts, ended)
+
+
+def _died(op: Op, p: dict, state: dict, error: str) -> dict:
+    """The timing process died (or raised a broken context's error past `sweep`): what it was at, from
+    the resume file it left, recorded as `sweep`'s on_broken would."""
+    runs, e2e = p["runs"], state["e2e"]
+    entry = {"kernel": None, "error": error[:300], "where": "timing process, its process ended"}
+    if not state["reference"]:
+        b = {"reference": True, "run": None, "kernel": None, "point": op.solver, "while": "the solver's point"}
+    elif e2e and e2e[-1]["fwd_bwd_ms"] is None and e2e[-1].get("error", "").startswith("not timed"):
+        e2e[-1]["error"] = f"crashed the GPU context: {error[:300]}"
+        b = {"run": None, "kernel": None, "point": e2e[-1]["point"], "while": "end to end"}
+    elif state["at"] < len(runs):
+        b = {"run": state["at"], "kernel": None, "point": runs[state["at"]]["assignment"], "while": "run"}
+        entry["new"] = runs[state["at"]]["new"]
+    else:
+        b = {"run": None, "kernel": None, "point": None, "while": "between runs"}
+    entry.update(point=b["point"], assignment=b["point"])
+    state["crashed"].append(entry)
+    b["error"] = error[:300]
+    print(f"  {op.name}: the timing process ended ({b['while']} {described(b['point'])}): {error[:300]}", flush=True)
+    return b
 
 
 # ---- main -----------------------------------------------------------------------------------
@@ -912,7 +1216,7 @@ def merge(paths: list, out: str | None) -> int:
         ratios = [r["ratio_fwd_bwd"] for r in rs if r["ratio_fwd_bwd"] is not None]
         ksums = [r["ratio_kernel_sum"] for r in rs if r["ratio_kernel_sum"] is not None]
         row.update(points=points, failed=[x for x in points if x.get("failed")],
-                   crashed=[x for r in rs for x in r.get("crashed", [])],
+                   crashed=[x for r in rs for x in r.get("crashed", [])], restarts=sum(r.get("restarts", 0) for r in rs),
                    ratio_fwd_bwd=max(ratios, default=None), ratio_kernel_sum=max(ksums, default=None),
                    per_shared=sorted((c for r in rs for c in r["per_shared"]), key=lambda c: c["kernel_sum_ms"]),
                    end_to_end=[x for r in rs for x in r["end_to_end"]],
@@ -932,12 +1236,24 @@ def merge(paths: list, out: str | None) -> int:
     return 0
 
 
+CRASHES = """\
+GPU faults (an illegal address breaks a process's CUDA context for good): the kernels are compiled
+first in --jobs worker processes, where a faulting run is named (its new kernel points retried
+alone, each in a fresh process, to name the guilty one) and never run by the timing process. The
+timing runs in a process of its own: a fault there ends that process, not the sweep; a fresh one
+goes on from a resume file with what was timed, the faulting run (or kernel point) listed under
+`crashed` and never run again (nor anything holding a kernel point that faulted; a run's new
+points are isolated first, as in the compile pass). At most --max-restarts fresh processes an op,
+then what was timed is timed end to end (`cut.gpu_context`); every op in --ops runs. The row
+says `restarts`; the summary names every crash. See the module docstring, benchmarks/README.md."""
+
+
 def described(a: dict | None) -> str:
     return "-" if a is None else " ".join(f"{k}={v}" for k, v in a.items())
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=CRASHES,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ops", default=",".join(OPS), help=f"comma-separated, of: {', '.join(OPS)}")
     ap.add_argument("--shared", default=None,
@@ -947,12 +1263,15 @@ def main(argv=None) -> int:
     ap.add_argument("--time-budget", type=float, default=None,
                     help="seconds for the whole command; work left when it runs out is skipped (not exhaustive)")
     ap.add_argument("--jobs", type=int, default=None,
-                    help="compile processes (default: the CPU count, at most 16; the dry run: 1, in this process, "
-                         "where nothing can fault the GPU)")
+                    help="compile processes (default: the CPU count, at most 16; the dry run: 1, the compile tasks "
+                         "and the timing in this process, where nothing can fault the GPU; > 1: processes, as on a GPU)")
     ap.add_argument("--warmup", type=int, default=25, help="end to end: do_bench warmup (ms)")
     ap.add_argument("--rep", type=int, default=100, help="end to end: do_bench rep (ms)")
     ap.add_argument("--kernel-warmup", type=int, default=2, help="per kernel point: do_bench warmup (ms)")
     ap.add_argument("--kernel-rep", type=int, default=10, help="per kernel point: do_bench rep (ms)")
+    ap.add_argument("--max-restarts", type=int, default=5,
+                    help="per op, fresh timing processes after crashes of the GPU context (then one more times end "
+                         "to end what was timed; the runs left are not done)")
     ap.add_argument("--e2e-top", type=int, default=None,
                     help="time end to end the best combination of only this many groups (by kernel sum; default all)")
     ap.add_argument("--tol", type=float, default=None,
@@ -1013,7 +1332,7 @@ def main(argv=None) -> int:
         filt = {k: v for k, v in filt.items() if k in {x.name for x in op.problem.variables}}
         p = plan(op, filt, args.max_points)
         est = estimate(op, p, args.jobs)
-        prepared.append((op, p, est))
+        prepared.append((op, p, est, filt))
         fk = p["feasible_kernel_points"]
         print(f"{o}: model {op.hw.name}; solver {described(op.solver)}", flush=True)
         groups = f" in {len(p['groups'])} groups by {', '.join(p['coupling'])}" if p["coupling"] else ""
@@ -1024,51 +1343,49 @@ def main(argv=None) -> int:
               f"{'' if p['complete'] else ' (cut by --shared / --max-points: not exhaustive)'}; "
               f"estimate {est['compile_s'] / 60:.1f} min compile ({args.jobs} jobs) + {est['time_s'] / 60:.1f} min "
               f"timing = {est['total_s'] / 60:.1f} min", flush=True)
-    total = sum(e["total_s"] for _, _, e in prepared)
+    total = sum(e["total_s"] for _, _, e, _ in prepared)
     print(f"estimated total {total / 60:.1f} min (device time, machine start not counted)", flush=True)
     if args.estimate:
         return 0
 
-    rows, errors, broken = [], [], None
-    for op, p, est in prepared:
-        if time.time() > deadline:
-            print(f"{op.name}: time budget spent, skipped", flush=True)
-            continue
-        if broken:
-            print(f"{op.name}: skipped, {broken}", flush=True)
-            errors.append({"op": op.name, "error": f"not run: {broken}"})
-            continue
-        print(f"== {op.name}", flush=True)
-        c = {"seconds": 0.0, "runs": 0, "failed": 0, "crashed": None}
-        if device == "cuda" or args.dry_run:
-            # the dry run: the compile task on the first run only (nothing compiles under the interpreter),
-            # in this process with --jobs 1 (the CPU has no CUDA context to break; on a GPU always processes)
-            runs = p["runs"][:max(1, args.jobs)] if args.dry_run else p["runs"]
-            c = precompile(op, runs, p["shared"], args.jobs,
-                           started + 0.6 * (deadline - started) if args.time_budget else math.inf,
-                           in_process=args.dry_run and args.jobs <= 1)
-            n = sum(len(v) for k, v in (c["crashed"] or {}).items() if k != "alone_ok")
-            print(f"  compiled: {c['runs']} runs in {c['seconds']:.0f} s ({c['failed']} raised; the timing pass "
-                  f"reports them; {n} crashed the GPU context, never run in this process)", flush=True)
-        t0 = time.time()
-        try:
-            row = sweep(op, p, args, deadline, c["crashed"])
-        except Exception as e:  # noqa: BLE001 - e.g. the solver's own point fails: the other ops go on
-            import traceback
-            traceback.print_exc()
-            errors.append({"op": op.name, "error": f"{type(e).__name__}: {str(e)[:500]}"})
-            if context_broken(e):
-                broken = f"the GPU context of this process broke in {op.name}: {_error_text(e)}"
-            continue
-        if row["cut"]["gpu_context"]:
-            broken = f"{op.name}: {row['cut']['gpu_context']}"
-        row["seconds"] = {"compile": c["seconds"], "time": time.time() - t0}
-        row["estimate"] = est
-        row["limits"] = {"shared": args.shared, "max_points": args.max_points, "time_budget": args.time_budget,
-                         "e2e_top": args.e2e_top}
-        rows.append(row)
-        print(f"  {op.name}: solver {row['solver_fwd_bwd_ms']} ms, best {row['best_fwd_bwd_ms']} ms, "
-              f"ratio {row['ratio_fwd_bwd']}, exhaustive {row['exhaustive']}, {time.time() - t0:.0f} s", flush=True)
+    rows, errors = [], []
+    in_process = args.dry_run and args.jobs <= 1
+    timing = InProcess() if in_process else FreshProcesses(1)      # the timing process, fresh after a crash
+    try:
+        for op, p, est, filt in prepared:
+            if time.time() > deadline:
+                print(f"{op.name}: time budget spent, skipped", flush=True)
+                continue
+            print(f"== {op.name}", flush=True)
+            c = {"seconds": 0.0, "runs": 0, "failed": 0, "crashed": None}
+            if device == "cuda" or args.dry_run:
+                # the dry run: the compile task on the first run only (nothing compiles under the interpreter),
+                # in this process with --jobs 1 (the CPU has no CUDA context to break; on a GPU always processes)
+                runs = p["runs"][:max(1, args.jobs)] if args.dry_run else p["runs"]
+                c = precompile(op, runs, p["shared"], args.jobs,
+                               started + 0.6 * (deadline - started) if args.time_budget else math.inf,
+                               in_process=in_process)
+                n = sum(len(v) for k, v in (c["crashed"] or {}).items() if k not in ("alone_ok", "where"))
+                print(f"  compiled: {c['runs']} runs in {c['seconds']:.0f} s ({c['failed']} raised; the timing pass "
+                      f"reports them; {n} crashed the GPU context, never run in the timing process)", flush=True)
+            t0 = time.time()
+            try:
+                row = sweep_op(op, p, args, deadline, c["crashed"], timing, filt, in_process)
+            except Exception as e:  # noqa: BLE001 - e.g. the solver's own point fails: the other ops go on
+                import traceback
+                traceback.print_exc()
+                errors.append({"op": op.name, "error": f"{type(e).__name__}: {str(e)[:500]}"})
+                continue
+            row["seconds"] = {"compile": c["seconds"], "time": time.time() - t0}
+            row["estimate"] = est
+            row["limits"] = {"shared": args.shared, "max_points": args.max_points, "time_budget": args.time_budget,
+                             "e2e_top": args.e2e_top, "max_restarts": args.max_restarts}
+            rows.append(row)
+            print(f"  {op.name}: solver {row['solver_fwd_bwd_ms']} ms, best {row['best_fwd_bwd_ms']} ms, "
+                  f"ratio {row['ratio_fwd_bwd']}, exhaustive {row['exhaustive']}, {row['restarts']} restarts, "
+                  f"{time.time() - t0:.0f} s", flush=True)
+    finally:
+        timing.shutdown()
     meta = {"device": name, "torch": torch.__version__, "triton": triton.__version__,
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),

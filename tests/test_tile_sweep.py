@@ -59,18 +59,12 @@ def test_dry_run_marks_a_wrong_point(tmp_path, monkeypatch):
 # illegal-address error, and every later run, replay and end-to-end call of that process too.
 
 def test_dry_run_crash_caught_in_a_worker(tmp_path, monkeypatch):
-    """The crash is met in a compile worker (--jobs 2: spawned processes, as on a GPU): the run is
-    retried point by point in fresh processes, the guilty point is named under `crashed` and never
-    run by the main process, the other points are timed."""
+    """The crash is met in a compile worker (--jobs 2: spawned processes, as on a GPU, the timing in a
+    spawned process too): the run is retried point by point in fresh processes, the guilty point is
+    named under `crashed` and never run by the timing process (which RECC_SWEEP_CRASH, inherited,
+    would have crashed: no crash of it is listed, no restart), the other points are timed."""
     monkeypatch.setenv("RECC_SWEEP_CRASH", "o_stages=2")
     monkeypatch.setattr(tile_sweep, "_SIMULATED", {})
-    ran, run = [], tile_sweep.Op.run
-
-    def record(self, assignment):               # the main process's runs (the workers' are theirs)
-        ran.append(dict(assignment))
-        return run(self, assignment)
-
-    monkeypatch.setattr(tile_sweep.Op, "run", record)
     out = tmp_path / "sweep.json"
     assert tile_sweep.main(["--dry-run", "--ops", "simple_gla", "--jobs", "2", "--out", str(out)]) == 0
     row = json.loads(out.read_text())["rows"][0]
@@ -81,26 +75,149 @@ def test_dry_run_crash_caught_in_a_worker(tmp_path, monkeypatch):
     timed = {p["kernel"] for p in row["points"] if p["ms"] is not None and any(v == 2 for v in p["point"].values())}
     assert timed == {"h", "dv", "dh", "dqk"}                 # the run's other new points, each alone
     assert not row["cut"]["gpu_context"] and row["best_fwd_bwd_ms"] is not None
-    assert ran and all(a["o_stages"] != 2 for a in ran)      # the main process never ran it
+    assert row["restarts"] == 0 and row["timing_processes"] == 1   # the timing process never ran it
 
 
-def test_dry_run_crash_in_the_main_process(tmp_path, monkeypatch):
-    """A crash the compile pass did not meet (here: no compile pass) stops the op's sweep in the main
-    process: named under `crashed`, the rest not timed (`cut`), the later ops skipped, the JSON written."""
+def _no_precompile(monkeypatch):
+    """The compile pass left out: a crash is first met by the timing process."""
+    monkeypatch.setattr(tile_sweep, "precompile", lambda *a, **k: {"seconds": 0.0, "runs": 0, "failed": 0, "crashed": None})
+
+
+def test_dry_run_crash_in_the_timing_process(tmp_path, monkeypatch):
+    """A crash the compile pass did not meet breaks the timing process mid-op (here in this process, --jobs 1:
+    a fresh process's healthy context is simulated): the run is listed under `crashed`, its new points are run
+    alone in fresh compile processes (`isolate`) to name the guilty one, and a fresh timing process goes on
+    where the last stopped with the points timed so far: the crashed run and the guilty point are never run
+    again, the run's other points are timed alone, the op's later run and the next op in --ops are timed."""
     monkeypatch.setenv("RECC_SWEEP_CRASH", "dv_stages=2")
     monkeypatch.setattr(tile_sweep, "_SIMULATED", {})
-    monkeypatch.setattr(tile_sweep, "precompile", lambda *a, **k: {"seconds": 0.0, "runs": 0, "failed": 0, "crashed": None})
+    _no_precompile(monkeypatch)
+    ran, run = [], tile_sweep.Op.run
+
+    def record(self, assignment):
+        ran.append(dict(assignment))
+        return run(self, assignment)
+
+    monkeypatch.setattr(tile_sweep.Op, "run", record)
     out = tmp_path / "sweep.json"
-    assert tile_sweep.main(["--dry-run", "--ops", "simple_gla,scan", "--out", str(out)]) == 0
+    assert tile_sweep.main(["--dry-run", "--ops", "simple_gla,scan", "--max-points", "3", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["errors"] == [] and [r["op"] for r in data["rows"]] == ["simple_gla", "scan"]
+    row, scan = data["rows"]
+    assert row["restarts"] == 1 and row["timing_processes"] == 2 and scan["restarts"] == 0
+    assert [(c["kernel"], c["where"]) for c in row["crashed"]] == [
+        (None, "timing process, run"), ("dv", "isolation, alone in a fresh process after the timing process crashed")]
+    crashed_run = row["crashed"][0]
+    assert crashed_run["point"]["dv_stages"] == 2 and crashed_run["new"] == ["h", "o", "dv", "dh", "dqk"]
+    assert "illegal memory access" in crashed_run["error"] and row["crashed"][1]["point"]["dv_stages"] == 2
+    assert [(f["kernel"], f["point"]["dv_stages"]) for f in row["failed"]] == [("dv", 2)]
+    timed = sorted((p["kernel"], max(v for k, v in p["point"].items() if k.endswith("_stages")))
+                   for p in row["points"] if p["ms"] is not None)
+    assert timed == sorted([(k, 1) for k in ("h", "o", "dv", "dh", "dqk")]              # the solver's
+                           + [(k, 2) for k in ("h", "o", "dh", "dqk")]                 # run 0's, each alone
+                           + [(k, 3) for k in ("h", "o", "dv", "dh", "dqk")])          # run 1, after the crash
+    assert not row["cut"]["gpu_context"] and not row["cut"]["untimed_points"]
+    assert row["solver_fwd_bwd_ms"] is not None and row["best_fwd_bwd_ms"] is not None
+    assert len(row["solver_fwd_bwd_ms_each"]) == 2 and row["solver_fwd_bwd_ms"] == min(row["solver_fwd_bwd_ms_each"])
+    # the crashed run ran once; dv at 2 stages twice: in that run, then alone in the isolation's fresh process
+    with_dv2 = [a for a in ran if a.get("dv_stages") == 2]
+    assert len(with_dv2) == 2 and with_dv2[0] == crashed_run["assignment"] and with_dv2[1] != with_dv2[0]
+    assert scan["solver_fwd_bwd_ms"] is not None and scan["crashed"] == []
+
+
+def test_dry_run_crash_restarts_bounded(tmp_path, monkeypatch):
+    """More crashes than --max-restarts: the runs left are not done (`cut.gpu_context`), one more fresh
+    process times end to end what was timed, and the next op runs."""
+    monkeypatch.setenv("RECC_SWEEP_CRASH", "dv_stages=2;h_stages=3")
+    monkeypatch.setattr(tile_sweep, "_SIMULATED", {})
+    _no_precompile(monkeypatch)
+    out = tmp_path / "sweep.json"
+    assert tile_sweep.main(["--dry-run", "--ops", "simple_gla,scan", "--max-points", "3", "--max-restarts", "1",
+                            "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["errors"] == [] and [r["op"] for r in data["rows"]] == ["simple_gla", "scan"]
+    row = data["rows"][0]
+    assert row["restarts"] == 2 and row["timing_processes"] == 3
+    assert "--max-restarts 1" in row["cut"]["gpu_context"] and row["cut"]["untimed_points"] and not row["exhaustive"]
+    assert [(c["kernel"], c["where"]) for c in row["crashed"]] == [
+        (None, "timing process, run"), ("dv", "isolation, alone in a fresh process after the timing process crashed"),
+        (None, "timing process, run")]
+    assert row["crashed"][2]["point"]["h_stages"] == 3
+    assert not any(p["ms"] is not None and p["point"].get("h_stages") == 3 for p in row["points"])
+    assert row["solver_fwd_bwd_ms"] is not None and data["rows"][1]["solver_fwd_bwd_ms"] is not None
+
+
+def test_dry_run_crash_in_a_spawned_timing_process(tmp_path, monkeypatch):
+    """As on a GPU (--jobs 2): the timing process is a spawned one; after the crash a fresh one resumes
+    from the resume file and the next op runs in a healthy process."""
+    monkeypatch.setenv("RECC_SWEEP_CRASH", "dv_stages=2")
+    monkeypatch.setattr(tile_sweep, "_SIMULATED", {})
+    _no_precompile(monkeypatch)
+    out = tmp_path / "sweep.json"
+    assert tile_sweep.main(["--dry-run", "--ops", "simple_gla,scan", "--max-points", "3", "--jobs", "2",
+                            "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["errors"] == [] and [r["op"] for r in data["rows"]] == ["simple_gla", "scan"]
+    row = data["rows"][0]
+    assert row["restarts"] == 1 and [c["kernel"] for c in row["crashed"]] == [None, "dv"]
+    assert [(f["kernel"], f["point"]["dv_stages"]) for f in row["failed"]] == [("dv", 2)]
+    assert row["timed"]["kernel_points"] == 14 and not row["cut"]["untimed_points"]
+    assert row["solver_fwd_bwd_ms"] is not None and data["rows"][1]["solver_fwd_bwd_ms"] is not None
+
+
+class _Die(BaseException):
+    """Stands for the timing process's death (e.g. a segmentation fault): no Python handler sees it."""
+
+
+def test_dry_run_timing_process_dies(tmp_path, monkeypatch):
+    """The timing process dies mid-op (FreshProcesses reports "WorkerDied"): the run it was at, from the
+    resume file it left, is listed and isolated, and a fresh process goes on; the run's points alone
+    (here none faults again) and the rest are timed."""
+    _no_precompile(monkeypatch)
+    died, run = [], tile_sweep.Op.run
+
+    def die_once(self, assignment):
+        if assignment.get("dv_stages") == 2 and not died:
+            died.append(dict(assignment))
+            raise _Die()
+        return run(self, assignment)
+
+    class Dying(tile_sweep.InProcess):
+        def submit(self, fn, *args):
+            try:
+                return super().submit(fn, *args)
+            except _Die:
+                future = tile_sweep.concurrent.futures.Future()
+                future.set_exception(RuntimeError("WorkerDied: the worker process ended (exit code -11)"))
+                return future
+
+    monkeypatch.setattr(tile_sweep.Op, "run", die_once)
+    monkeypatch.setattr(tile_sweep, "InProcess", Dying)
+    out = tmp_path / "sweep.json"
+    assert tile_sweep.main(["--dry-run", "--ops", "simple_gla", "--max-points", "3", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     row, = data["rows"]
-    assert row["cut"]["gpu_context"] and "illegal memory access" in row["cut"]["gpu_context"]
-    assert not row["exhaustive"] and row["cut"]["untimed_points"]
-    assert [c["where"] for c in row["crashed"]] == ["main process, run"]
-    assert row["crashed"][0]["point"]["dv_stages"] == 2 and row["crashed"][0]["new"] == ["h", "o", "dv", "dh", "dqk"]
-    assert row["failed"] == [] and row["solver_fwd_bwd_ms"] is None
-    assert row["timed"]["kernel_points"] == 5                # the solver's, timed before the crash
-    assert [e["op"] for e in data["errors"]] == ["scan"] and "not run" in data["errors"][0]["error"]
+    assert data["errors"] == [] and row["restarts"] == 1
+    assert [(c["kernel"], c["where"]) for c in row["crashed"]] == [(None, "timing process, its process ended")]
+    assert row["crashed"][0]["point"] == died[0] and "WorkerDied" in row["crashed"][0]["error"]
+    assert row["failed"] == [] and row["timed"]["kernel_points"] == 15 and not row["cut"]["untimed_points"]
+    assert row["solver_fwd_bwd_ms"] is not None
+
+
+def test_end_to_end_timing_records_nothing():
+    """End to end (`Op.plain`), the kernels run unwrapped: no launch is recorded (a Recorder kept every
+    iteration's tensors alive, which slowed the first end-to-end timing of a process), and the Recorders
+    are back after it."""
+    op = tile_sweep.Op("simple_gla", "cpu", tile_sweep.DRY["chunked"])
+    op.run(op.solver)
+    counts = {t: len(r.calls) for t, r in op.recorders.items()}
+    fn = op.fwd_bwd(op.solver)
+    with op.plain():
+        assert all(getattr(op.module, op.attrs[t]) is r.kernel for t, r in op.recorders.items())
+        fn()
+        fn()
+    assert {t: len(r.calls) for t, r in op.recorders.items()} == counts
+    assert all(getattr(op.module, op.attrs[t]) is r for t, r in op.recorders.items())
 
 
 def test_precompile_isolates_crashes():
