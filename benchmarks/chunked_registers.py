@@ -40,7 +40,8 @@ import recc  # noqa: E402
 from recc.lower.chunked import lower_chunked  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-FP32 = {"G", "Tm", "dvnew", "dw", "dgp", "dcp", "dg", "dbeta", "dc", "beta", "c", "h0", "ht", "dht", "dh0", "vnew"}
+# the fp32 buffers; the rest (q, k, v, w, u, v_new, dv_new, dW, h, ...) in the inputs' type, bf16 here
+FP32 = {"G", "Tm", "dgp", "dcp", "dA", "dg", "dbeta", "dc", "beta", "c", "h0", "ht", "dht", "dh0"}
 KERNEL_TILE = {"wy_fwd": "wy", "fwd_h": "h", "fwd_o": "o", "bwd_dv": "dv", "bwd_dh": "dh", "bwd_dqk": "dqk",
                "bwd_wy": "wyb"}
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -63,7 +64,8 @@ def constexprs(fn, kernel: str, dims: dict, tiles: dict, BT: int, NS: int) -> di
     whole_k = kernel in ("wy_fwd", "fwd_h", "bwd_dh")        # the kernels that hold all of K
     values = dict(H=16, K=dims["K"], V=dims["V"], NS=NS, BT=BT, BK=KP if whole_k else BKS,
                   BV=tiles.get(f"{KERNEL_TILE[kernel]}_BV", 64), BI=min(tiles.get("BI", 8), BT),
-                  BC=tiles.get("BC", 16), NKB=-(-dims["K"] // BKS), HAS_H0=False, HAS_DHT=False)
+                  BC=tiles.get("BC", 16), NKB=-(-dims["K"] // BKS), HAS_H0=False, HAS_DHT=False,
+                  NVB=-(-dims["V"] // tiles.get("dv_BV", 64)), EXACT=False)   # per-key dqk: dv's V blocks
     return {name: values[name] for name in fn.arg_names if name in values}
 
 
@@ -74,7 +76,7 @@ def compile_kernel(fn, consts: dict, warps: int, stages: int):
             signature[name], values[(i,)] = "constexpr", consts[name]
         elif name in ("cu", "info", "chunk_first"):
             signature[name] = "*i32"
-        elif name in ("stride_p",):
+        elif name in ("stride_p", "stride"):
             signature[name] = "i32"
         elif name in ("scale",):
             signature[name] = "fp32"

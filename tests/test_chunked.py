@@ -9,14 +9,21 @@ and its `_forward` / `_backward` are called on a bound call.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import math
+import os
+import traceback
+from types import SimpleNamespace
+
+import numpy as np
 
 import pytest
 import torch
 import triton
 import triton.language as tl
+import triton.runtime.interpreter as interpreter
 
 import recc
 from recc.lower.chunked import NotChunked, chunked_form, lower_chunked
@@ -329,3 +336,143 @@ def test_unit_lower_inverse(compiled, BT, BI, correlated):
         _inverse_probe[(1,)](A.float(), T, scratch, BT=BT, BI=BI)
         assert torch.equal(torch.triu(T, 1), torch.zeros(BT, BT)) and torch.equal(torch.diagonal(T), torch.ones(BT))
         assert rel_err(T, ref) < 1e-5, (seed, rel_err(T, ref))
+
+
+# ---- buffers past 2**31 elements ----------------------------------------------------
+# The kernels move each pointer to its own token, chunk or sequence row by an int64 offset and
+# index from there in int32. A shape past 2**31 elements is too big for the CPU: the kernels are run
+# instead as if the batch sat far into its buffers, every address they are handed that many rows
+# below the buffer's own.
+
+_CHUNK_BUFFERS = {"h", "hn", "mst", "men", "dh", "dhn", "Tm"}         # [chunks, H, ...]
+_SEQUENCE_STATES = {"h0", "ht", "n0", "nt", "dht", "dh0", "dnt", "dn0"}  # [sequences, H, ...]: not moved
+_PARTS = {"dgp", "dcp", "dlcp", "dA"}                                  # [parts, tokens * H * ...]
+FAR_TOKENS = 2 ** 30   # with H = 2: token rows from 2**31 elements on
+# chunk rows from 2**31 elements on where a chunk and head hold 4 or more (mLSTM's stabilisers mst,
+# men, one each: from 2**30); info holds 2 ints per chunk, 2 * chunk stays an int32
+FAR_CHUNKS = 2 ** 29
+
+
+def _below(t: torch.Tensor, n: int) -> torch.Tensor:
+    """A one-element stand-in for `t` at the address n elements below t's (not memory of ours:
+    only offsets of n elements and more, from it, land in t)."""
+    address = t.data_ptr() - n * t.element_size()
+    assert address > 0
+    raw = np.ctypeslib.as_array((ctypes.c_uint8 * t.element_size()).from_address(address))
+    return torch.from_numpy(raw).view(t.dtype)
+
+
+class _Far:
+    """`kernel` launched as if its batch's tokens started FAR_TOKENS tokens on (cu moved on) and its
+    chunks FAR_CHUNKS chunks on (chunk_first moved on; in the kernels over chunks, the program id
+    along the chunk axis, the one before the heads'), every buffer handed over as an address as many
+    rows below its own. Kernels without cu (mLSTM's per-row kernel) run as they are."""
+
+    def __init__(self, kernel, tokens):
+        self.kernel, self.tokens = kernel, tokens
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            a = dict(zip(self.kernel.arg_names, args)) | kwargs
+            if "cu" not in a:
+                return self.kernel[grid](**a)
+            axis = len(grid) - 2 if "info" in a else None   # the chunk axis of a kernel over chunks
+            stand_ins = {}   # one per address: the interpreter copies every storage back, a no-op onto itself
+
+            def below(t, n):
+                key = (t.data_ptr(), n)
+                if key not in stand_ins:
+                    stand_ins[key] = _below(t, n)
+                return stand_ins[key]
+            for name, t in a.items():
+                if not isinstance(t, torch.Tensor) or name in _SEQUENCE_STATES:
+                    continue
+                if name == "cu":
+                    a[name] = t + FAR_TOKENS
+                elif name == "chunk_first":
+                    a[name] = t + FAR_CHUNKS
+                elif name == "info":
+                    a[name] = below(t, 2 * FAR_CHUNKS)
+                elif name in _CHUNK_BUFFERS:
+                    a[name] = below(t, FAR_CHUNKS * (t.numel() // t.shape[0]))
+                elif name in _PARTS:
+                    a[name] = below(t, FAR_TOKENS * (t.shape[-1] // self.tokens))
+                else:   # token tensors [B, T, H, ...] (and dummies, never read)
+                    a[name] = below(t, FAR_TOKENS * (t.numel() // self.tokens))
+            builder = interpreter.InterpreterBuilder
+            program_id = builder.create_get_program_id
+
+            def far_program_id(b, i):
+                h = program_id(b, i)
+                return interpreter.TensorHandle(h.data + FAR_CHUNKS, h.dtype) if i == axis else h
+            builder.create_get_program_id = far_program_id
+            try:
+                return self.kernel[grid](**a)
+            finally:
+                builder.create_get_program_id = program_id
+        return launch
+
+
+def _kernels_run(module, rec) -> list:
+    """The output, final states and every gradient of one call (B = 2, T = 40, H = 2, fp32)."""
+    gen = torch.Generator().manual_seed(5)
+    dims = {d: D for d in rec.free_dims} | rec.fixed_dims
+    size = lambda shape: tuple(dims.get(x, x) for x in shape)
+    args = [sample_input((2, 40, 2) + size(d.shape), d.annotations, gen).float() for d in rec.inputs]
+    args += [sample_input((2,) + size(d.shape), d.annotations, gen).float() for d in rec.params]
+    init = tuple(torch.randn((2, 2) + size(s.shape), generator=gen) for s in rec.states)
+    call = bind(rec, tuple(args), {"output_final_state": True, "initial_state": init[0] if len(init) == 1 else init})
+    call.requires_grad = True
+    outputs, finals, saved = module._forward(call)
+    d_out = {n: torch.randn(o.shape, generator=gen) for n, o in outputs.items()}
+    d_fin = {n: torch.randn(f.shape, generator=gen) for n, f in finals.items()}
+    grads = module._backward(call, saved, d_out, d_fin)
+    return [*outputs.values(), *finals.values()] + [g for d in grads for g in d.values() if g is not None]
+
+
+def _forked(run) -> int:
+    """The exit code of run() (0: it returned True) in a forked process: a kernel that reaches
+    outside its buffers (an int32 offset wrapped) crashes that process, not the tests."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            torch.set_num_threads(1)   # no OpenMP region in the child of a process that may have run one
+            code = 0 if run() else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.parametrize("spec", FAMILY)
+def test_buffers_past_int32_offsets(compiled, spec):
+    """Every kernel, run as if its tokens and chunks sat 2**30 and 2**29 rows into its buffers
+    (offsets past 2**31 elements, from each buffer's true address minus as many rows), gives the
+    same bits as at the buffers' start. With int32 offsets they wrap, and the far run crashes."""
+    rec, module = compiled(spec)
+    near = _kernels_run(module, rec)
+
+    def far():
+        for name in dir(module):
+            if name.endswith("_kernel"):
+                setattr(module, name, _Far(getattr(module, name), 2 * 40))
+        got = _kernels_run(module, rec)
+        return len(got) == len(near) and all(torch.equal(g, n) for g, n in zip(got, near))
+    code = _forked(far)
+    assert code == 0, (f"{spec}: the far run crashed (signal {-code}): a kernel reached outside its buffers"
+                       if code < 0 else f"{spec}: the far run's results differ from the near run's")
+
+
+@pytest.mark.parametrize("spec, BT", [("delta_product", 32), ("gla", 64), ("mlstm", 64)])
+def test_the_host_takes_buffers_past_2_31_elements(compiled, spec, BT):
+    """B = 4, T = 32K, H = 16, K = V = 128 (DeltaProduct: 2**31 elements in its chunk states): the
+    host no longer refuses it; it refuses only B*T*NS >= 2**31 (substeps counted in int32)."""
+    module = compiled(spec)[1]
+    shape = lambda B, T: SimpleNamespace(B=B, T=T, H=16, N=B, cu_seqlens=None,
+                                         dims={module._KDIM: 128, module._VDIM: 128})
+    assert module._sizes(shape(4, 32768), {"BT": BT}) == (128, 128, BT, 128)
+    NS = module._NS
+    with pytest.raises(ValueError, match=rf"B\*T\*{NS} = {2 ** 31} must stay below 2\*\*31"):
+        module._sizes(shape(2 ** 31 // 32768 // NS, 32768), {"BT": BT})

@@ -92,11 +92,18 @@ match the float64 reference (fp32 < 1e-4, bf16 < 2e-2) for simple_gla, retnet, m
 gla, mlstm, delta_net, gated_delta_net, delta_product (n = 2) and three specs of the tests
 (scalar decay, per-key decay, householder), ragged T and varlen.
 Kernels compile for sm_90; GPU timings come from benchmarks/chunked_gpu_check.py.
-Limits: K <= 256 in one tile for the state passes; int32 offsets (the host refuses
-B*T*H*n*max(K, V) or chunks*H*K*V >= 2**31, and with per-key decays B*T*H*BT times dv's
-V blocks); per-key decays with householder
-transitions, decays inside later substeps, and states read before their update are
-not of this family (`NotChunked`).
+Offsets: buffers may hold 2**31 elements or more (DeltaProduct at B = 4, T = 32K, H = 16,
+K = V = 128 has 2**31 in its chunk states): each program moves its pointers to its own token,
+chunk or sequence row once, by an int64 offset (`_at` in templates/chunked_common.jinja; the
+passes over a sequence's chunks then bump them by one chunk per step, no int64 arithmetic
+beyond that in their loops), and indexes from there in int32, inside one chunk or tile
+(tests/test_chunked.py runs every kernel as if its rows sat past 2**31 elements).
+Limits: K <= 256 in one tile for the state passes; tokens and substeps are counted in int32
+(cu_seqlens and the chunk tables, a sequence's substeps: the host refuses B*T*n >= 2**31);
+most kernels over chunks have them on grid axis 1, which CUDA caps at 65535 (not checked:
+launches fail from about 65536 * BT / n tokens on); per-key decays with householder transitions,
+decays inside later substeps, and states read before their update are not of this family
+(`NotChunked`).
 """
 from __future__ import annotations
 
