@@ -8,8 +8,13 @@
 #   bench-delta  bench.py: DeltaNet, gated DeltaNet, DeltaProduct against fla, T = 1K, 4K, 8K, 32K
 #   bench-gla    bench.py: GLA against fla, same T (fla's first autotuning of GLA alone took 253 s)
 #   bench-rest   bench.py: simple GLA against fla, mLSTM against mlstm_kernels, same T
+#   bench-32k    bench.py: DeltaProduct at T = 32K alone (the int64 offsets; refused before)
+#   crash        crash_repro.py: the kernel points that faulted in the sweeps and their neighbours,
+#                each in a fresh process (which of BT / BV / warps / stages faults)
+#   cold         kernel_times.py: cold start (empty caches, fla autotuning) and per-kernel times of
+#                simple GLA and DeltaProduct against fla (issue #6's cold-start bar)
 # Without carried autotuning results a bench step takes most of a 600 s call; with them, minutes.
-#   sweep-a      tile_sweep.py: gated DeltaNet, DeltaProduct, simple GLA, mLSTM
+#   sweep-a      tile_sweep.py: simple GLA, mLSTM (gated DeltaNet, DeltaProduct: swept, results/*-sweep-*)
 #   sweep-b      tile_sweep.py: GLA, the scan
 #
 # Carry [".whl", ".probe"] (the anchors' wheels from ../shared/tools/anchor-wheels.sh; fla's autotuning
@@ -36,12 +41,24 @@ for step in "$@"; do
         --autotune-cache "$OUT/autotune.tar" --out "$OUT/$step.json" 2>&1 | grep -vi warn > "$OUT/$step.log"
       rm -f "$OUT/$step.png"
       tail -30 "$OUT/$step.log" ;;
+    bench-32k)
+      python3 benchmarks/bench.py --ops gated_delta_product --T 32768 --no-cold --isolate 200 \
+        --autotune-cache "$OUT/autotune.tar" --out "$OUT/$step.json" 2>&1 | grep -vi warn > "$OUT/$step.log"
+      rm -f "$OUT/$step.png"
+      tail -8 "$OUT/$step.log" ;;
+    crash)
+      timeout 420 python3 benchmarks/crash_repro.py --out "$OUT/crash_repro.json" 2>&1 | grep -vi warn > "$OUT/crash.log"
+      tail -60 "$OUT/crash.log" ;;
+    cold)
+      timeout 540 python3 benchmarks/kernel_times.py --ops simple_gla,gated_delta_product --T 4096 2>&1 \
+        | grep -vi warn > "$OUT/cold.log"
+      tail -60 "$OUT/cold.log" ;;
     sweep-a|sweep-b)
-      ops=gated_delta_net,delta_product,simple_gla,mlstm
+      ops=simple_gla,mlstm
       [ "$step" = sweep-b ] && ops=gla,scan
       python3 benchmarks/tile_sweep.py --ops "$ops" --time-budget 540 --out "$OUT/$step.json" 2>&1 \
         | grep -vi warn > "$OUT/$step.log"
       tail -20 "$OUT/$step.log" ;;
-    *) echo "unknown step $step (check, bench-delta, bench-gla, bench-rest, sweep-a, sweep-b)"; exit 2 ;;
+    *) echo "unknown step $step (check, bench-delta, bench-gla, bench-rest, bench-32k, crash, cold, sweep-a, sweep-b)"; exit 2 ;;
   esac
 done
