@@ -140,7 +140,7 @@ def child(point: dict, baseline: bool, smoke: bool = False) -> dict:
     import torch
     sys.path.insert(0, str(ROOT))
     import recc
-    from recc.lower.chunked import lower_chunked
+    from recc.lower.chunked import chunked_form, lower_chunked
     from recc.primitives import sample_input
     from recc.signature import bind
 
@@ -156,7 +156,8 @@ def child(point: dict, baseline: bool, smoke: bool = False) -> dict:
     shape = SMOKE if smoke else MAIN
     B, T, H = shape["B"], shape["T"], shape["H"]
     gen = torch.Generator().manual_seed(0)
-    dims = {"K": shape["K"], "V": shape["V"]} | rec.fixed_dims
+    form = chunked_form(rec)
+    dims = {form.K: shape["K"], form.V: shape["V"]} | rec.fixed_dims
     size = lambda s: tuple(dims.get(x, x) for x in s)
     dt, dev = torch.bfloat16, "cpu" if smoke else "cuda"
     args = [sample_input((B, T, H) + size(d.shape), d.annotations, gen, torch.float32) for d in rec.inputs]

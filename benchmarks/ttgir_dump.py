@@ -11,7 +11,9 @@ constexprs (and tt.divisibility=16 on every pointer, as the JIT gives torch's al
 `triton.compile` with GPUTarget("cuda", 90, 32) and the point's num_warps / num_stages. Run it
 with the Triton the GPU has (3.6: `pip install --target DIR triton==3.6.0 --no-deps`) ahead on
 PYTHONPATH. Writes <out>/<spec>_<kernel>_<point>.{ttgir,ptx,sass} and prints a summary per point:
-the mma ops (version, instrShape), async copies / waits, shared-memory size, registers and spills.
+the mma ops (version, instrShape), async copies / waits, shared-memory size, and `cross_mma_dot_op`:
+conversions of one wgmma's result into the register A operand of a wgmma with another instrShape.
+--all-crash-points: the named kernel of every benchmarks/crash_repro.py point (the layouts each has).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import recc  # noqa: E402
-from recc.lower.chunked import lower_chunked  # noqa: E402
+from recc.lower.chunked import chunked_form, lower_chunked  # noqa: E402
 from recc.primitives import sample_input  # noqa: E402
 from recc.signature import bind  # noqa: E402
 
@@ -68,7 +70,8 @@ def record(spec: str, tiles: dict):
         setattr(module, n, _Stub(n, kernels[n], calls))
     B, T, H = MAIN["B"], MAIN["T"], MAIN["H"]
     gen = torch.Generator().manual_seed(0)
-    dims = {"K": MAIN["K"], "V": MAIN["V"]} | rec.fixed_dims
+    form = chunked_form(rec)
+    dims = {form.K: MAIN["K"], form.V: MAIN["V"]} | rec.fixed_dims
     size = lambda s: tuple(dims.get(x, x) for x in s)
     args = [sample_input((B, T, H) + size(d.shape), d.annotations, gen, torch.float32).bfloat16() for d in rec.inputs]
     args += [sample_input((H,) + size(d.shape), d.annotations, gen, torch.float32).bfloat16() for d in rec.params]
@@ -127,6 +130,11 @@ def summary(k) -> dict:
         local_alloc=len(re.findall(r"ttg\.local_alloc", ttgir)),
         shared=k.metadata.shared, num_warps=k.metadata.num_warps, num_stages=k.metadata.num_stages,
     )
+    # a score matrix fed to a second wgmma whose layout has another instrShape (mma -> dot_op of
+    # another parent): present at every point that faulted, absent at the passing ones we compiled
+    out["cross_mma_dot_op"] = sorted(set(
+        f"{a}->{b}" for a, b in re.findall(r"convert_layout %\S+ : tensor<[^>]*, #(mma\d*)> -> tensor<[^>]*"
+                                            r"#ttg\.dot_op<\{opIdx = 0, parent = #(mma\d*)", ttgir) if a != b))
     ptx = k.asm.get("ptx", "")
     out["ld_global"] = len(re.findall(r"ld\.global", ptx))
     out["cp_async"] = len(re.findall(r"cp\.async\.(?:ca|cg)", ptx))
@@ -140,11 +148,26 @@ def summary(k) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("spec")
-    ap.add_argument("kernel", choices=sorted(GLOBALS))
-    ap.add_argument("points", nargs="+", help='tile overrides, e.g. "BT=64,BKS=64,dv_BV=32,dv_warps=4,dv_stages=1"')
+    ap.add_argument("spec", nargs="?")
+    ap.add_argument("kernel", nargs="?", choices=sorted(GLOBALS))
+    ap.add_argument("points", nargs="*", help='tile overrides, e.g. "BT=64,BKS=64,dv_BV=32,dv_warps=4,dv_stages=1"')
     ap.add_argument("--out", default="/tmp/recc_ttgir")
+    ap.add_argument("--all-crash-points", action="store_true")
     a = ap.parse_args(argv)
+    if a.all_crash_points:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from crash_repro import points
+        for p in points():
+            if not p["kernel"]:
+                continue
+            _, kernels, calls, launched = record(p["spec"], p["tiles"])
+            name = f"{p['spec']}_{GLOBALS[p['kernel']]}"
+            (_, grid, args, kwargs), = [c for c in calls if c[0] == name]
+            sm = summary(compile_call(kernels[name], args, kwargs)[0])
+            print(f"#{p['id']:<2d} {p['spec']:15s} {p['label']:38s} BT={launched['BT']} BV={launched[p['kernel'] + '_BV']} "
+                  f"w={sm['num_warps']} s={sm['num_stages']} mma={[x[1] for x in sm['mma']]} "
+                  f"cross={sm['cross_mma_dot_op']} smem={sm['shared']}", flush=True)
+        return 0
     Path(a.out).mkdir(parents=True, exist_ok=True)
     print(f"triton {triton.__version__} ({triton.__file__})")
     for point in a.points:
