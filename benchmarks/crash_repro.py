@@ -20,7 +20,7 @@ substring> makes that kernel's launches raise CUDA's illegal-address error.
 
 The points: the ones that crashed in the H200 tile sweep (Triton 3.6; benchmarks/results/
 2026-12-03-h200-sweep-*.log) and around each the same point with the other num_stages (1, 2, 3), the
-other num_warps (4, 8), BV 64, and the production tiles (BV 64, 8 warps, 2 stages) at its BT;
+other num_warps (4, 8), BV 64, and the production tiles (BV 64, 8 warps, 2 stages) at its BT, and the other K block (BKS 32 or 64);
 mLSTM's whole-run crash and each of its three kernels alone; DeltaNet (and gated) at BT = 64 with
 each kernel in turn at 8 warps / 3 stages (the householder crash of an earlier sweep).
 
@@ -66,8 +66,12 @@ def _around(spec, kernel, shared, tile, why):
         out.append(("BV 64", (64, w, s)))
     if (bv, w, s) != (64, 8, 2):
         out.append(("production tile", (64, 8, 2)))
-    return [dict(spec=spec, kernel=kernel, label=f"{kernel} {label}",
-                 tiles={**shared, **_kernel_tiles(kernel, *t)}) for label, t in out]
+    pts = [dict(spec=spec, kernel=kernel, label=f"{kernel} {label}", tiles={**shared, **_kernel_tiles(kernel, *t)})
+           for label, t in out]
+    bks = 32 if shared["BKS"] != 32 else 64     # the K block: the sweep's mLSTM dv passed at BKS 32
+    pts.append(dict(spec=spec, kernel=kernel, label=f"{kernel} {why}, BKS {bks}",
+                    tiles={**shared, "BKS": bks, **_kernel_tiles(kernel, bv, w, s)}))
+    return pts
 
 
 def points():
@@ -80,6 +84,10 @@ def points():
     pts += _around("simple_gla", "dv", dict(BT=128, BKS=32), (16, 4, 1), "crashed")
     pts += _around("mlstm", "o", dict(BT=64, BKS=64), (32, 4, 1), "crashed")
     pts += _around("mlstm", "dv", dict(BT=64, BKS=64), (32, 4, 1), "crashed")
+    # simple GLA's o at the tile that broke the sweep's main process; mLSTM's o that gave wrong di (0.39)
+    pts += _around("simple_gla", "o", dict(BT=64, BKS=64), (32, 4, 1), "crashed (main process)")[:1]
+    pts.append(dict(spec="mlstm", kernel="o", label="o mismatched (di 0.39)",
+                    tiles=dict(BT=64, BKS=64, **_kernel_tiles("o", 128, 4, 2))))
     # mLSTM's whole run that crashed, and each of its kernels alone
     whole = dict(o=(32, 4, 2), dv=(32, 4, 2), dqk=(16, 4, 2))
     shared = dict(BT=64, BKS=128)
@@ -134,7 +142,7 @@ class _Synced:
         return getattr(self.kernel, name)
 
 
-def child(point: dict, baseline: bool, smoke: bool = False) -> dict:
+def child(point: dict, baseline: bool, smoke: bool = False, repeat: int = 3) -> dict:
     if smoke:
         os.environ["TRITON_INTERPRET"] = "1"
     import torch
@@ -195,7 +203,8 @@ def child(point: dict, baseline: bool, smoke: bool = False) -> dict:
     _ARMED = True
     t0 = time.time()
     try:
-        got, res["launched"] = run(point["tiles"])
+        for _ in range(repeat):    # a fault may not come every time
+            got, res["launched"] = run(point["tiles"])
     except KernelFault as e:
         res.update(status="CRASH", error=str(e), kernel_faulted=str(e).split(":")[0])
         return res
@@ -230,7 +239,8 @@ def _memcheck_first(text: str) -> str | None:
 
 
 def run_point(p: dict, args) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(p)] + (["--smoke"] if args.smoke else [])
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(p), "--repeat", str(args.repeat)]
+    cmd += ["--smoke"] if args.smoke else []
     if args.sanitize:
         cmd.append("--no-baseline")
         san = [args.sanitizer, "--tool", "memcheck", "--print-limit", "4"]
@@ -277,6 +287,7 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=150, help="seconds per point (default 150)")
     ap.add_argument("--sanitize", action="store_true", help="under compute-sanitizer memcheck (no baseline)")
     ap.add_argument("--sanitizer", default=shutil.which("compute-sanitizer") or "/usr/local/cuda/bin/compute-sanitizer")
+    ap.add_argument("--repeat", type=int, default=3, help="forward+backward runs of each point (default 3)")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny shape (tests this script)")
     ap.add_argument("--out", default=None, help="JSON of every result (default $OUT/crash_repro.json if $OUT)")
@@ -284,7 +295,7 @@ def main(argv=None):
     ap.add_argument("--no-baseline", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        print("RESULT " + json.dumps(child(json.loads(a.child), not a.no_baseline, a.smoke)), flush=True)
+        print("RESULT " + json.dumps(child(json.loads(a.child), not a.no_baseline, a.smoke, a.repeat)), flush=True)
         return 0
     pts = points()
     if a.only:

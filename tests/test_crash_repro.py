@@ -22,10 +22,11 @@ def _run(*args, env=None):
 def test_points_cover_the_crashes_and_their_neighbours():
     pts = crash_repro.points()
     assert len({p["id"] for p in pts}) == len(pts)
-    sg = [p["tiles"] for p in pts if p["spec"] == "simple_gla" and p["tiles"].get("BT") == 64]
+    sg = [p["tiles"] for p in pts if p["spec"] == "simple_gla" and p["kernel"] == "dv" and p["tiles"]["BT"] == 64]
     assert {"BT": 64, "BKS": 64, "dv_BV": 32, "dv_warps": 4, "dv_stages": 1} in sg
     assert {(t["dv_stages"], t["dv_warps"], t["dv_BV"]) for t in sg} >= {(1, 4, 32), (2, 4, 32), (3, 4, 32),
                                                                          (1, 8, 32), (1, 4, 64), (2, 8, 64)}
+    assert {"BT": 64, "BKS": 32, "dv_BV": 32, "dv_warps": 4, "dv_stages": 1} in sg
 
 
 def test_a_point_runs_and_a_fault_is_named(tmp_path):
