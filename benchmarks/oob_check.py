@@ -22,6 +22,7 @@ varlen (K=V=128, cu_seqlens [0, 37, 101, 230], H=2).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import itertools
@@ -57,6 +58,7 @@ SHAPES = {
     "k128v128": dict(B=1, T=200, H=2, K=128, V=128),
     "k128v64": dict(B=1, T=130, H=2, K=128, V=64),
     "varlen": dict(B=1, T=230, H=2, K=128, V=128, cu=[0, 37, 101, 230]),
+    "check": dict(B=2, T=300, H=2, K=128, V=128),     # chunked_gpu_check.py's check shape
 }
 # the points that crashed on the H200 (warps/stages left out: the interpreter ignores them)
 CRASH = {
@@ -89,6 +91,34 @@ def _draw(rec, d, shape, gen):
     if rec.name == "mamba2" and d.name in REALISTIC:
         return REALISTIC[d.name](shape, gen).double()
     return sample_input(shape, d.annotations, gen)
+
+
+@contextlib.contextmanager
+def tf32_dots(mode="truncate"):
+    """tl.dot's fp32 operands rounded to tf32 (10 mantissa bits), as a GPU's tensor cores take them
+    under Triton's default input_precision; the interpreter multiplies them in full fp32. bf16
+    operands (which the kernels' _dot widens to fp32 in the interpreter) pass unchanged."""
+    import numpy as np
+    import triton.runtime.interpreter as interp
+    dot = interp.InterpreterBuilder.create_dot
+
+    def rounded(x):
+        if x.dtype != np.float32:
+            return x
+        if mode == "rne":
+            return interp._round_f32_to_tf32(x)
+        return (x.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        a = interp.TensorHandle(rounded(a.data), a.dtype)
+        b = interp.TensorHandle(rounded(b.data), b.dtype)
+        return dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    interp.InterpreterBuilder.create_dot = create_dot
+    try:
+        yield
+    finally:
+        interp.InterpreterBuilder.create_dot = dot
 
 
 def rel_err(got, ref):
@@ -138,7 +168,7 @@ def run_point(rec, tiles, shape, dtype=torch.bfloat16, seed=0, compare=True):
             errs[f"d{d.name}"] = rel_err(g if g is not None else torch.zeros_like(leaf), leaf.grad)
         errs |= {f"d{s.name}0": rel_err(d_init[s.name], t.grad) for s, t in zip(rec.states, init_leaves)}
         worst = max(errs, key=errs.get)
-        res.update(err=errs[worst], worst=worst)
+        res.update(err=errs[worst], worst=worst, errs={k: float(f"{v:.3g}") for k, v in errs.items()})
     return res
 
 
@@ -230,6 +260,8 @@ def main(argv=None):
     ap.add_argument("--thin", action="store_true", help="grid: one BV per BT (every BT and BV once)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                     help="inputs' type (bf16: the GPU's; fp32 tells bf16 conditioning from a bug)")
+    ap.add_argument("--tf32", choices=["truncate", "rne"], default=None,
+                    help="round tl.dot's fp32 operands to tf32 (the GPU's default precision)")
     ap.add_argument("--no-compare", action="store_true", help="skip the float64 reference")
     ap.add_argument("--out", default=None, help="JSON lines of every run")
     ap.add_argument("--main", action="append", default=[], metavar="SPEC:KERNELS:TILES",
@@ -270,7 +302,9 @@ def main(argv=None):
             for kind, tiles in points:
                 row = dict(spec=spec, shape=shape_name, kind=kind, tiles=tiles)
                 try:
-                    row.update(run_point(rec, tiles, shape, dtype=getattr(torch, a.dtype), compare=not a.no_compare))
+                    with tf32_dots(a.tf32) if a.tf32 else contextlib.nullcontext():
+                        row.update(run_point(rec, tiles, shape, dtype=getattr(torch, a.dtype), compare=not a.no_compare))
+                    row["tf32"] = a.tf32
                     row["status"] = "ok" if row.get("err", 0) < (5e-2 if a.dtype == "bfloat16" else 1e-4) else "MISMATCH"
                 except OutOfBounds as e:
                     row.update(status="OOB", error=str(e))
