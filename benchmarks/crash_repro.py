@@ -252,6 +252,11 @@ def run_point(p: dict, args) -> dict:
     t0 = time.time()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
+        if args.sanitize and "RESULT " not in proc.stdout and "--kernel-name" in cmd \
+                and re.search(r"kernel-name|unrecognized|unknown option", proc.stdout + proc.stderr, re.I):
+            i = cmd.index("--kernel-name")          # an older compute-sanitizer: no filter
+            cmd = cmd[:i] + cmd[i + 2:]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return dict(p, status="TIMEOUT", secs=round(time.time() - t0, 1))
     res = None
