@@ -7,8 +7,12 @@
 * The interpreter rounds fp32 -> bf16 toward zero (twice the error of a GPU's
   round-to-nearest-even, and biased); the tests make it round to nearest even, as
   the GPU does, so bf16 errors here are the GPU's (tests/test_interpreter.py checks it).
+* The `oob` fixture runs a test under the interpreter's address sanitizer (tests/oob.py): any
+  active lane of a load/store/atomic outside its launch's tensors fails it.
 """
 import os
+
+import pytest
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # must be set before triton is imported
 
@@ -54,3 +58,11 @@ def _gpu_rounding():
 
 _strict_interpreter()
 _gpu_rounding()
+
+
+@pytest.fixture
+def oob():
+    """The test's interpreted launches under the address sanitizer (tests/oob.py); yields its report."""
+    from oob import sanitizer
+    with sanitizer() as report:
+        yield report
