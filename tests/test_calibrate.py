@@ -33,15 +33,18 @@ def test_solver_within_10_percent_of_the_h200_householder_sweeps(sweep_name, op)
     assert total <= 1.10 * best, (total, best, parts)
 
 
-def test_scalar_decay_picks_against_the_h200_sweeps():
-    """The scalar-decay kernels' calibration (recc/tiles.py CODE['chunked']) against the partial H200
-    sweeps of simple GLA and mLSTM (both cut short by GPU crashes, so no whole-choice price): per
-    kernel and shared point the model's pick loses at most 16% of the fastest measured time (the
-    earlier constants lost 44% and 65%)."""
+def test_scalar_decay_candidate_against_the_h200_sweeps(monkeypatch):
+    """The scalar-decay kernels' constants against the partial H200 sweeps of simple GLA and mLSTM
+    (both cut short by GPU crashes): per kernel and shared point, the model's pick loses 44% / 65% of
+    the fastest measured time with CODE['chunked'], at most 16% with SCALAR_CANDIDATE (kept out of use
+    until a full sweep confirms its points: its o point mismatched once on the H200)."""
     sweeps = [calibrate.Sweep(rows("sweep-simple_gla-crashed")["simple_gla"]),
               calibrate.Sweep(rows("sweep-delta_product-mlstm")["mlstm"])]
+    current = [s.excess_ms() for s in sweeps]
+    assert all(x > 0.4 * f for x, f in current), current
+    monkeypatch.setitem(calibrate.rt.CODE, "chunked", calibrate.rt.SCALAR_CANDIDATE)
+    calibrate.rt._rates.cache_clear()
     lost = [s.excess_ms() for s in sweeps]
-    assert sum(x for x, _ in lost) <= 0.16 * sum(f for _, f in lost), lost
     assert all(x <= 0.16 * f for x, f in lost), lost
 
 
