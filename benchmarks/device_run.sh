@@ -47,8 +47,15 @@ for step in "$@"; do
       rm -f "$OUT/$step.png"
       tail -8 "$OUT/$step.log" ;;
     crash)
-      timeout 420 python3 benchmarks/crash_repro.py --out "$OUT/crash_repro.json" 2>&1 | grep -vi warn > "$OUT/crash.log"
-      tail -60 "$OUT/crash.log" ;;
+      timeout 260 python3 benchmarks/crash_repro.py --jobs 8 --out "$OUT/crash_repro.json" 2>&1 | grep -vi warn > "$OUT/crash.log"
+      tail -60 "$OUT/crash.log"
+      # the first crash points under compute-sanitizer memcheck: a __global__ access out of bounds would be
+      # ours, a __shared__ one (or none while the launch faults) the compiler's
+      S=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+      echo "compute-sanitizer: ${S:-none}"
+      [ -n "$S" ] && timeout 320 python3 benchmarks/crash_repro.py --sanitize --sanitizer "$S" --only 2,9,16,23,30,37,39 \
+        --jobs 4 --timeout 300 --out "$OUT/crash_memcheck.json" 2>&1 | grep -vi warn > "$OUT/crash_memcheck.log"
+      [ -n "$S" ] && tail -30 "$OUT/crash_memcheck.log" ;;
     cold)
       timeout 540 python3 benchmarks/kernel_times.py --ops simple_gla,gated_delta_product --T 4096 2>&1 \
         | grep -vi warn > "$OUT/cold.log"
