@@ -148,8 +148,17 @@ def anchor_chunk_gated_delta_product(args, sizes):
     return AnchorRun(lambda: f(*leaves, num_householder=n)[0], leaves, ident, [ident, back, back, ident, back])
 
 
+# mlstm_kernels' xl_chunk at its default 4 warps for the intra-chunk kernels does not compile on Triton 3.6:
+# its forward Hintra kernel trips an LLVM assertion (SLPVectorizer: "trying to erase instruction with
+# users") that aborts the process (results/2026-12-03-h200-s5-mlstm_kernels-xl_chunk-crash.log; reproduced
+# without a GPU, Triton 3.6.0 compiling for sm_90, at chunk sizes 64 and 128 and 1 or 2 stages). With
+# 8 warps, the anchor's own parameter, every forward and backward kernel compiles.
+MLSTM_XL_CHUNK_OPTIONS = dict(num_warps_intra=8)
+
+
 def anchor_mlstm_xl_chunk(args, sizes):
-    from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk as f
+    from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk as xl_chunk
+    f = lambda *a: xl_chunk(*a, **MLSTM_XL_CHUNK_OPTIONS)
     q, k, v, i, f_gate = args                     # [B, T, H, ...] -> [B, H, T, ...]
     bht = lambda x: x.detach().transpose(1, 2).contiguous().requires_grad_()
     leaves = [bht(q), bht(k), bht(v), bht(i), bht(f_gate)]
@@ -219,7 +228,7 @@ CASES = [
     Case("gated_delta_product", "delta_product", "chunked", "fla.chunk_gated_delta_product(n=2)",
          lambda T: dict(MAIN, T=T, n=2), torch.bfloat16, anchor_chunk_gated_delta_product,
          small=dict(B=1, T=70, H=2, K=32, V=32, n=2), compare_grads=False),
-    Case("mlstm", "mlstm", "chunked", "mlstm_kernels xl_chunk",
+    Case("mlstm", "mlstm", "chunked", "mlstm_kernels xl_chunk (8 warps intra)",
          lambda T: dict(MAIN, T=T), torch.bfloat16, anchor_mlstm_xl_chunk,
          small=dict(B=1, T=70, H=2, K=32, V=32), compare=False),
 ]

@@ -149,7 +149,8 @@ def anchor_fns(spec, rec, args):
             from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk as op
             t = lambda a: a.transpose(1, 2).contiguous()
             ins = [t(x["q"]), t(x["k"]), t(x["v"]), t(x["i"]), t(x["f"])]
-            call = lambda *a: op(*a)
+            from bench import MLSTM_XL_CHUNK_OPTIONS     # 4 warps do not compile on Triton 3.6 (bench.py)
+            call = lambda *a: op(*a, **MLSTM_XL_CHUNK_OPTIONS)
         else:
             import fla.ops.common.chunk_o as chunk_o
             chunk_o.TRITON_ABOVE_3_7_1 = True  # timing only: fla refuses its gated backward on Triton 3.6
