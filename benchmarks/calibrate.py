@@ -9,7 +9,8 @@ variables). For each kernel and shared point it compares the model's pick among 
 feasible points (today's constraints) with the measured fastest: the time the pick loses, summed
 over kernels, is `excess` (as a share of the fastest kernels' sum). It also prices the solver's
 whole choice at the sweep's shape with the measured times (when each of its kernel points was
-timed) against the fastest measured combination. `--fit` searches a grid of the `Code` parameters
+timed) against the fastest measured combination, and names any of its kernel points the sweep
+recorded as failed (a GPU fault, or results off the reference point). `--fit` searches a grid of the `Code` parameters
 of each cost model (recc/tiles.py CODE) for the smallest excess over all the sweeps given that use
 it (e.g. simple GLA's and mLSTM's together, both `chunked`): a starting point for a
 recalibration, to be checked on the GPU (and pinned in tests/test_tiles.py) before it is kept.
@@ -102,6 +103,14 @@ class Sweep:
         total = sum(parts.values()) if all(v is not None for v in parts.values()) else None
         return t.assignment, total, parts
 
+    def failed_in_choice(self) -> list:
+        """The sweep's failed kernel points (a fault, or results off the reference point) that the
+        solver's choice would launch: [(kernel, point, why)]."""
+        t = rt.choose_tiles("chunked", self.dims, self.hw, **self.shape)
+        mine = {term.name: {v: t[v] for v in term.variables} for term in t.terms}
+        return [(f["kernel"], f["point"], f.get("failed", "")) for f in self.row.get("failed", [])
+                if mine.get(f["kernel"]) == f["point"]]
+
 
 def report(sweep: Sweep) -> None:
     code = rt.chunked_code(sweep.shape["householder"], sweep.shape["per_key"])
@@ -117,6 +126,8 @@ def report(sweep: Sweep) -> None:
         print(f"  solver's kernels {total:.3f} ms, fastest measured combination {best:.3f} ms: x{total / best:.3f}")
     else:
         print("  solver's point not all timed in this sweep (a point of a shared value the sweep left out?)")
+    for kernel, pt, why in sweep.failed_in_choice():
+        print(f"  FAILED in the sweep, and in the solver's choice: {kernel} {pt}: {why}")
 
 
 def fit(sweeps: list, top: int) -> None:

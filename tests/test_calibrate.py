@@ -42,10 +42,15 @@ def test_scalar_decay_candidate_against_the_h200_sweeps(monkeypatch):
               calibrate.Sweep(rows("sweep-delta_product-mlstm")["mlstm"])]
     current = [s.excess_ms() for s in sweeps]
     assert all(x > 0.4 * f for x, f in current), current
+    assert not any(s.failed_in_choice() for s in sweeps)
     monkeypatch.setitem(calibrate.rt.CODE, "chunked", calibrate.rt.SCALAR_CANDIDATE)
     calibrate.rt._rates.cache_clear()
     lost = [s.excess_ms() for s in sweeps]
     assert all(x <= 0.16 * f for x, f in lost), lost
+    # why it is not in use: mLSTM's sweep recorded the candidate's o point as computing a wrong di
+    failed = sweeps[1].failed_in_choice()
+    assert [(k, pt["o_BV"], pt["o_warps"], pt["o_stages"]) for k, pt, _ in failed] == [("o", 128, 4, 2)], failed
+    assert "mismatch" in failed[0][2]
 
 
 def test_report_and_fit_run(capsys, monkeypatch):
