@@ -17,6 +17,7 @@ Prints a compact table last and writes JSON to $OUT (if set) or benchmarks/resul
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -42,15 +43,26 @@ DIM = 128
 CHECK_SHAPE = dict(B=2, T=300, H=2, cu=[0, 37, 200, 300])
 
 
-def load_module(spec: str, tiles: dict | None):
-    rec = recc.load_spec(ROOT / "specs" / f"{spec}.rec")
+def module_of(rec, tiles: dict | None = None):
+    """`rec`'s lowered chunked module (tile overrides `tiles`), imported from a file named by its
+    source's hash in one temporary folder (written once, atomically: several processes may ask)."""
     source = lower_chunked(rec, tiles=tiles).source
-    path = Path(tempfile.mkdtemp(prefix="recc_chunked_")) / f"{spec}_chunked.py"
-    path.write_text(source)
+    folder = Path(tempfile.gettempdir()) / "recc_chunked"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{rec.name}_{hashlib.sha1(source.encode()).hexdigest()[:10]}.py"
+    if not path.exists():
+        part = path.with_suffix(f".{os.getpid()}.part")
+        part.write_text(source)
+        os.replace(part, path)
     mspec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(mspec)
     mspec.loader.exec_module(module)
-    return rec, module
+    return module
+
+
+def load_module(spec: str, tiles: dict | None):
+    rec = recc.load_spec(ROOT / "specs" / f"{spec}.rec")
+    return rec, module_of(rec, tiles)
 
 
 # Mamba2's usual initialisation (A in [1, 16], softplus(dt_bias) in [1e-3, 0.1]): randn draws give

@@ -35,14 +35,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -147,17 +145,15 @@ def child(point: dict, baseline: bool, smoke: bool = False, repeat: int = 3) -> 
         os.environ["TRITON_INTERPRET"] = "1"
     import torch
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     import recc
-    from recc.lower.chunked import chunked_form, lower_chunked
+    from chunked_gpu_check import module_of, rel_err
+    from recc.lower.chunked import chunked_form
     from recc.primitives import sample_input
     from recc.signature import bind
 
     rec = recc.load_spec(ROOT / "specs" / f"{point['spec']}.rec")
-    path = Path(tempfile.mkdtemp(prefix="recc_crash_")) / f"{point['spec']}_chunked.py"
-    path.write_text(lower_chunked(rec).source)
-    mspec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(mspec)
-    mspec.loader.exec_module(module)
+    module = module_of(rec)
     for name in [n for n in vars(module) if n.endswith("_kernel") and hasattr(vars(module)[n], "run")]:
         setattr(module, name, _Synced(name, getattr(module, name)))
 
@@ -215,8 +211,7 @@ def child(point: dict, baseline: bool, smoke: bool = False, repeat: int = 3) -> 
         return res
     res["secs"] = round(time.time() - t0, 2)
     if ref is not None:
-        diffs = {k: ((got[k] - ref[k]).norm() / ref[k].norm().clamp_min(1e-30)).item() for k in ref}
-        diffs = {k: (float("inf") if v != v else v) for k, v in diffs.items()}
+        diffs = {k: rel_err(got[k], ref[k]) for k in ref}
         worst = max(diffs, key=diffs.get)
         res.update(diff=diffs[worst], worst=worst)
         res["status"] = "ok" if diffs[worst] < TOL else "MISMATCH"

@@ -23,14 +23,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import importlib.util
 import itertools
 import json
-import math
 import os
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -45,9 +41,9 @@ import torch  # noqa: E402
 
 import conftest  # noqa: E402,F401  (the tests' strict launches and GPU rounding)
 import recc  # noqa: E402
-from chunked_gpu_check import REALISTIC  # noqa: E402
+from chunked_gpu_check import REALISTIC, module_of, rel_err  # noqa: E402
 from oob import OutOfBounds, sanitizer  # noqa: E402
-from recc.lower.chunked import chunked_form, lower_chunked  # noqa: E402
+from recc.lower.chunked import chunked_form  # noqa: E402
 from recc.primitives import sample_input  # noqa: E402
 from recc.reference import reference  # noqa: E402
 from recc.signature import bind  # noqa: E402
@@ -70,19 +66,6 @@ CRASH = {
     "delta_product": [dict(BT=64, BKS=64, BV=32)],
 }
 BASE = dict(BT=64, BC=16, BI=16, BKS=64, BV=64)   # the kernels not named in a point
-
-
-def _module(rec, tiles):
-    source = lower_chunked(rec, tiles=tiles).source
-    folder = Path(tempfile.gettempdir()) / "recc_oob_check"
-    folder.mkdir(exist_ok=True)
-    path = folder / f"{rec.name}_{hashlib.sha1(source.encode()).hexdigest()[:10]}.py"
-    if not path.exists():
-        path.write_text(source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _draw(rec, d, shape, gen):
@@ -121,15 +104,9 @@ def tf32_dots(mode="truncate"):
         interp.InterpreterBuilder.create_dot = dot
 
 
-def rel_err(got, ref):
-    got, ref = got.double(), ref.double()
-    e = ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-    return math.inf if math.isnan(e) else e
-
-
 def run_point(rec, tiles, shape, dtype=torch.bfloat16, seed=0, compare=True):
     """Forward + backward at one tile point under the sanitizer; returns a result dict."""
-    module = _module(rec, tiles)
+    module = module_of(rec, tiles)
     gen = torch.Generator().manual_seed(seed)
     B, T, H = shape["B"], shape["T"], shape["H"]
     form = chunked_form(rec)
@@ -192,7 +169,7 @@ def main_shape_kernels(rec, tiles, kernels, shape=MAIN, dtype=torch.bfloat16):
     """The named kernels alone at the main shape under the sanitizer: the host code runs forward and
     backward with every kernel stubbed (recording its launches; the tensors hold garbage, which no
     address depends on), then each recorded launch of a named kernel runs in the interpreter."""
-    module = _module(rec, tiles)
+    module = module_of(rec, tiles)
     calls = []
     real = {}
     for n in [n for n in vars(module) if n.endswith("_kernel")]:

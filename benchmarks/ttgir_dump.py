@@ -18,17 +18,16 @@ conversions of one wgmma's result into the register A operand of a wgmma with an
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -36,7 +35,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import recc  # noqa: E402
-from recc.lower.chunked import chunked_form, lower_chunked  # noqa: E402
+from chunked_gpu_check import module_of  # noqa: E402
+from recc.lower.chunked import chunked_form  # noqa: E402
 from recc.primitives import sample_input  # noqa: E402
 from recc.signature import bind  # noqa: E402
 
@@ -58,11 +58,7 @@ class _Stub:
 def record(spec: str, tiles: dict):
     """(rec, module, [(kernel global, grid, args, kwargs)]) of a forward + backward at the main shape."""
     rec = recc.load_spec(ROOT / "specs" / f"{spec}.rec")
-    path = Path(tempfile.mkdtemp(prefix="recc_ttgir_")) / f"{spec}_chunked.py"
-    path.write_text(lower_chunked(rec, tiles=tiles).source)
-    mspec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(mspec)
-    mspec.loader.exec_module(module)
+    module = module_of(rec, tiles)
     calls = []
     kernels = {}
     for n in [n for n in vars(module) if n.endswith("_kernel")]:
