@@ -83,15 +83,25 @@ def _no_precompile(monkeypatch):
     monkeypatch.setattr(tile_sweep, "precompile", lambda *a, **k: {"seconds": 0.0, "runs": 0, "failed": 0, "crashed": None})
 
 
+def _sweep_crashing(tmp_path, monkeypatch, crash: str, *args) -> list:
+    """The dry run of simple_gla then scan (3 points per kernel) with runs holding `crash` faulting and
+    no compile pass, so the timing process meets the fault; returns the JSON's rows, both ops there."""
+    monkeypatch.setenv("RECC_SWEEP_CRASH", crash)
+    monkeypatch.setattr(tile_sweep, "_SIMULATED", {})
+    _no_precompile(monkeypatch)
+    out = tmp_path / "sweep.json"
+    assert tile_sweep.main(["--dry-run", "--ops", "simple_gla,scan", "--max-points", "3", *args, "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["errors"] == [] and [r["op"] for r in data["rows"]] == ["simple_gla", "scan"]
+    return data["rows"]
+
+
 def test_dry_run_crash_in_the_timing_process(tmp_path, monkeypatch):
     """A crash the compile pass did not meet breaks the timing process mid-op (here in this process, --jobs 1:
     a fresh process's healthy context is simulated): the run is listed under `crashed`, its new points are run
     alone in fresh compile processes (`isolate`) to name the guilty one, and a fresh timing process goes on
     where the last stopped with the points timed so far: the crashed run and the guilty point are never run
     again, the run's other points are timed alone, the op's later run and the next op in --ops are timed."""
-    monkeypatch.setenv("RECC_SWEEP_CRASH", "dv_stages=2")
-    monkeypatch.setattr(tile_sweep, "_SIMULATED", {})
-    _no_precompile(monkeypatch)
     ran, run = [], tile_sweep.Op.run
 
     def record(self, assignment):
@@ -99,11 +109,7 @@ def test_dry_run_crash_in_the_timing_process(tmp_path, monkeypatch):
         return run(self, assignment)
 
     monkeypatch.setattr(tile_sweep.Op, "run", record)
-    out = tmp_path / "sweep.json"
-    assert tile_sweep.main(["--dry-run", "--ops", "simple_gla,scan", "--max-points", "3", "--out", str(out)]) == 0
-    data = json.loads(out.read_text())
-    assert data["errors"] == [] and [r["op"] for r in data["rows"]] == ["simple_gla", "scan"]
-    row, scan = data["rows"]
+    row, scan = _sweep_crashing(tmp_path, monkeypatch, "dv_stages=2")
     assert row["restarts"] == 1 and row["timing_processes"] == 2 and scan["restarts"] == 0
     assert [(c["kernel"], c["where"]) for c in row["crashed"]] == [
         (None, "timing process, run"), ("dv", "isolation, alone in a fresh process after the timing process crashed")]
@@ -128,15 +134,7 @@ def test_dry_run_crash_in_the_timing_process(tmp_path, monkeypatch):
 def test_dry_run_crash_restarts_bounded(tmp_path, monkeypatch):
     """More crashes than --max-restarts: the runs left are not done (`cut.gpu_context`), one more fresh
     process times end to end what was timed, and the next op runs."""
-    monkeypatch.setenv("RECC_SWEEP_CRASH", "dv_stages=2;h_stages=3")
-    monkeypatch.setattr(tile_sweep, "_SIMULATED", {})
-    _no_precompile(monkeypatch)
-    out = tmp_path / "sweep.json"
-    assert tile_sweep.main(["--dry-run", "--ops", "simple_gla,scan", "--max-points", "3", "--max-restarts", "1",
-                            "--out", str(out)]) == 0
-    data = json.loads(out.read_text())
-    assert data["errors"] == [] and [r["op"] for r in data["rows"]] == ["simple_gla", "scan"]
-    row = data["rows"][0]
+    row, scan = _sweep_crashing(tmp_path, monkeypatch, "dv_stages=2;h_stages=3", "--max-restarts", "1")
     assert row["restarts"] == 2 and row["timing_processes"] == 3
     assert "--max-restarts 1" in row["cut"]["gpu_context"] and row["cut"]["untimed_points"] and not row["exhaustive"]
     assert [(c["kernel"], c["where"]) for c in row["crashed"]] == [
@@ -144,25 +142,17 @@ def test_dry_run_crash_restarts_bounded(tmp_path, monkeypatch):
         (None, "timing process, run")]
     assert row["crashed"][2]["point"]["h_stages"] == 3
     assert not any(p["ms"] is not None and p["point"].get("h_stages") == 3 for p in row["points"])
-    assert row["solver_fwd_bwd_ms"] is not None and data["rows"][1]["solver_fwd_bwd_ms"] is not None
+    assert row["solver_fwd_bwd_ms"] is not None and scan["solver_fwd_bwd_ms"] is not None
 
 
 def test_dry_run_crash_in_a_spawned_timing_process(tmp_path, monkeypatch):
     """As on a GPU (--jobs 2): the timing process is a spawned one; after the crash a fresh one resumes
     from the resume file and the next op runs in a healthy process."""
-    monkeypatch.setenv("RECC_SWEEP_CRASH", "dv_stages=2")
-    monkeypatch.setattr(tile_sweep, "_SIMULATED", {})
-    _no_precompile(monkeypatch)
-    out = tmp_path / "sweep.json"
-    assert tile_sweep.main(["--dry-run", "--ops", "simple_gla,scan", "--max-points", "3", "--jobs", "2",
-                            "--out", str(out)]) == 0
-    data = json.loads(out.read_text())
-    assert data["errors"] == [] and [r["op"] for r in data["rows"]] == ["simple_gla", "scan"]
-    row = data["rows"][0]
+    row, scan = _sweep_crashing(tmp_path, monkeypatch, "dv_stages=2", "--jobs", "2")
     assert row["restarts"] == 1 and [c["kernel"] for c in row["crashed"]] == [None, "dv"]
     assert [(f["kernel"], f["point"]["dv_stages"]) for f in row["failed"]] == [("dv", 2)]
     assert row["timed"]["kernel_points"] == 14 and not row["cut"]["untimed_points"]
-    assert row["solver_fwd_bwd_ms"] is not None and data["rows"][1]["solver_fwd_bwd_ms"] is not None
+    assert row["solver_fwd_bwd_ms"] is not None and scan["solver_fwd_bwd_ms"] is not None
 
 
 class _Die(BaseException):
