@@ -33,19 +33,15 @@ for step in "$@"; do
     check)
       timeout 170 python3 benchmarks/chunked_gpu_check.py --no-anchor --rep 30 2>&1 | grep -vi warn > "$OUT/check.log"
       tail -25 "$OUT/check.log" ;;
-    bench-delta|bench-gla|bench-rest)
-      ops=delta_rule,gated_delta_rule,gated_delta_product; limit=190
+    bench-delta|bench-gla|bench-rest|bench-32k)
+      ops=delta_rule,gated_delta_rule,gated_delta_product; limit=190; T=$Ts
       [ "$step" = bench-gla ] && ops=gla && limit=540
       [ "$step" = bench-rest ] && ops=simple_gla,mlstm && limit=280
-      python3 benchmarks/bench.py --ops "$ops" --T "$Ts" --no-cold --isolate "$limit" \
+      [ "$step" = bench-32k ] && ops=gated_delta_product && limit=200 && T=32768
+      python3 benchmarks/bench.py --ops "$ops" --T "$T" --no-cold --isolate "$limit" \
         --autotune-cache "$OUT/autotune.tar" --out "$OUT/$step.json" 2>&1 | grep -vi warn > "$OUT/$step.log"
       rm -f "$OUT/$step.png"
       tail -30 "$OUT/$step.log" ;;
-    bench-32k)
-      python3 benchmarks/bench.py --ops gated_delta_product --T 32768 --no-cold --isolate 200 \
-        --autotune-cache "$OUT/autotune.tar" --out "$OUT/$step.json" 2>&1 | grep -vi warn > "$OUT/$step.log"
-      rm -f "$OUT/$step.png"
-      tail -8 "$OUT/$step.log" ;;
     crash)
       timeout 260 python3 benchmarks/crash_repro.py --jobs 8 --out "$OUT/crash_repro.json" 2>&1 | grep -vi warn > "$OUT/crash.log"
       tail -60 "$OUT/crash.log"
