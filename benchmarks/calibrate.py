@@ -34,7 +34,7 @@ from recc import tiles as rt  # noqa: E402
 from recc.hardware import PRESETS  # noqa: E402
 
 GRID = {"cpi": (0.25, 0.5, 1.0, 2.0), "move_ops": (3.0, 6.0, 12.0), "warp_cycles": (0.0, 100.0, 200.0, 400.0),
-        "load_wait": (1.0, 4.0, 8.0)}
+        "load_wait": (1.0, 4.0, 8.0), "reg_comfort": (96.0, 160.0)}
 
 
 def model_of(name: str):
@@ -113,7 +113,7 @@ class Sweep:
 
 
 def report(sweep: Sweep) -> None:
-    code = rt.chunked_code(sweep.shape["householder"], sweep.shape["per_key"])
+    code = rt.chunked_code(sweep.shape["householder"], sweep.shape["per_key"], sweep.shape["normaliser"])
     print(f"== {sweep.op}: {len(sweep.points)} timed kernel points, model {sweep.hw.name}, CODE[{code!r}] = "
           f"{rt.CODE[code]}")
     share = sweep.excess(detail=True)
@@ -133,7 +133,7 @@ def report(sweep: Sweep) -> None:
 def fit(sweeps: list, top: int) -> None:
     """Grid search of one Code entry against every sweep that uses it: the score is the time the
     model's picks lose summed over the sweeps, over their fastest kernels' sum."""
-    code = rt.chunked_code(sweeps[0].shape["householder"], sweeps[0].shape["per_key"])
+    code = rt.chunked_code(sweeps[0].shape["householder"], sweeps[0].shape["per_key"], sweeps[0].shape["normaliser"])
     base = rt.CODE[code]
     results = []
     try:
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
                 continue
             sweep = Sweep(row)
             report(sweep)
-            by_code[rt.chunked_code(sweep.shape["householder"], sweep.shape["per_key"])].append(sweep)
+            by_code[rt.chunked_code(sweep.shape["householder"], sweep.shape["per_key"], sweep.shape["normaliser"])].append(sweep)
     if a.fit:
         for sweeps in by_code.values():
             fit(sweeps, a.top)

@@ -14,8 +14,8 @@
 #   cold         kernel_times.py: cold start (empty caches, fla autotuning) and per-kernel times of
 #                simple GLA and DeltaProduct against fla (issue #6's cold-start bar)
 # Without carried autotuning results a bench step takes most of a 600 s call; with them, minutes.
-#   sweep-a      tile_sweep.py: simple GLA, mLSTM (gated DeltaNet, DeltaProduct: swept, results/*-sweep-*)
-#   sweep-b      tile_sweep.py: GLA, the scan
+#   sweep-a      tile_sweep.py: gated DeltaNet (chunks of 64 feasible since crash_repro), simple GLA, mLSTM, the scan
+#   sweep-b      tile_sweep.py: GLA, DeltaProduct, DeltaNet
 #
 # Carry [".whl", ".probe"] (the anchors' wheels from ../shared/tools/anchor-wheels.sh; fla's autotuning
 # results from an earlier call, .probe/autotune.tar, when there is one) and keep the returned
@@ -57,9 +57,9 @@ for step in "$@"; do
         | grep -vi warn > "$OUT/cold.log"
       tail -60 "$OUT/cold.log" ;;
     sweep-a|sweep-b)
-      ops=simple_gla,mlstm
-      [ "$step" = sweep-b ] && ops=gla,scan
-      python3 benchmarks/tile_sweep.py --ops "$ops" --time-budget 540 --out "$OUT/$step.json" 2>&1 \
+      ops=gated_delta_net,simple_gla,mlstm,scan
+      [ "$step" = sweep-b ] && ops=gla,delta_product,delta_net
+      python3 benchmarks/tile_sweep.py --ops "$ops" --time-budget 500 --out "$OUT/$step.json" 2>&1 \
         | grep -vi warn > "$OUT/$step.log"
       tail -20 "$OUT/$step.log" ;;
     *) echo "unknown step $step (check, bench-delta, bench-gla, bench-rest, bench-32k, crash, cold, sweep-a, sweep-b)"; exit 2 ;;

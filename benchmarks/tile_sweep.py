@@ -77,6 +77,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import datetime
+import gc
 import hashlib
 import importlib.util
 import json
@@ -253,6 +254,14 @@ class Op:
         self.args = [a.to(device=device, dtype=self.dtype).contiguous() for a in args]
         out = rec.outputs[0]
         self.do = torch.randn((B, T, H) + size(out.shape), generator=gen).to(device=device, dtype=self.dtype)
+
+    def release(self):
+        """Drops this op's device tensors: its inputs and the recorded launches' arguments. The
+        module's kernels (and so their Recorders) can outlive the op in Triton's caches, and an H200
+        sweep of four ops ran out of memory at the fourth (136 GiB held)."""
+        for r in self.recorders.values():
+            r.calls.clear()
+        self.args, self.do = [], None
 
     def set(self, assignment: dict):
         self.overrides.clear()
@@ -999,7 +1008,12 @@ def _timing_task(name: str, device: str, sizes: dict, filt: dict, max_points, ar
     replaces a process whose context broke."""
     key = _op_key(name, device, sizes)
     for k in [k for k in _WORKER_OPS if k != key]:       # an earlier op's inputs and module
-        del _WORKER_OPS[k]
+        _WORKER_OPS.pop(k).release()
+    if device != "cpu":
+        import torch
+        gc.collect()
+        torch.cuda.empty_cache()
+        print(f"  {name}: timing process holds {torch.cuda.memory_allocated() / 2**30:.2f} GiB at the start", flush=True)
     if key not in _WORKER_OPS:
         _WORKER_OPS[key] = Op(name, device, sizes)
     op = _WORKER_OPS[key]
@@ -1014,8 +1028,11 @@ def _timing_task(name: str, device: str, sizes: dict, filt: dict, max_points, ar
     state["processes"] += 1
     sweep(op, p, args, deadline, crashes, state, lambda: _save_state(path, state))
     _save_state(path, state)
+    for r in op.recorders.values():             # the last run's launches
+        r.calls.clear()
     if device != "cpu" and not state["broken"]:
         import torch
+        gc.collect()
         torch.cuda.empty_cache()                # room for the next op's compile workers
     return {"crashed": state["broken"]["error"] if state["broken"] else None}
 

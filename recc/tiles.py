@@ -96,13 +96,15 @@ CODE = {
     "recurrent": Code(cpi=1.0),
     "cell": Code(cpi=1.0),
     "scan": Code(cpi=1.0, move_ops=4.0, iteration=150.0),
-    # chunked kernels with scalar decays (simple GLA, RetNet, Mamba2, mLSTM): the earlier calibration. The
-    # partial H200 sweeps of simple GLA and mLSTM (results/2026-12-03-h200-sweep-simple_gla-crashed.json,
-    # ...-sweep-delta_product-mlstm.json) lose 44% / 65% of the fastest kernels' time at these constants'
-    # picks (8 warps on [128, 32] state tiles: h and dh 2.1x slower than 4 warps on [128, 64]);
-    # SCALAR_CANDIDATE loses 15%, but its pick for o (BV 128, 4 warps, 2 stages at BT 64) gave mLSTM a
-    # wrong di (0.39) in that sweep: it replaces these once a full sweep confirms its points on the GPU
-    "chunked": Code(cpi=2.0, move_ops=12.0, reg_comfort=96.0),
+    # chunked kernels with scalar decays (simple GLA, RetNet, Mamba2): fit to the exhaustive H200 sweep of simple
+    # GLA's five kernels (benchmarks/tile_sweep.py, 300 points at BT = 64, 128; results/2026-12-03-h200-sweep-
+    # s6-a.json) on a grid (benchmarks/calibrate.py; cpi, move_ops, warp_cycles, load_wait, reg_comfort): the
+    # solver's kernels, priced with the measured times, 1.093x the fastest combination (the earlier constants,
+    # cpi=2 move_ops=12 reg_comfort=96: 1.315x, 8 warps on [128, 32] state tiles)
+    "chunked": Code(cpi=0.5, move_ops=12.0, reg_comfort=160.0, warp_cycles=200.0, load_wait=8.0),
+    # chunked_norm (mLSTM: the normaliser state and max stabiliser, templates/chunked_norm.jinja): fit likewise to
+    # its exhaustive sweep (200 points; results/2026-12-03-h200-sweep-s6-c.json): 1.089x (earlier: 2.096x)
+    "chunked_norm": Code(cpi=0.25, move_ops=6.0, reg_comfort=160.0, warp_cycles=100.0, load_wait=8.0),
     # chunked_key (GLA: per-key decays, sub-chunked scores and gradients): the earlier calibration, until a
     # sweep of its kernels runs
     "chunked_key": Code(cpi=2.0, move_ops=12.0, reg_comfort=96.0),
@@ -114,15 +116,13 @@ CODE = {
     "chunked_householder": Code(cpi=0.25, move_ops=6.0, reg_comfort=96.0, warp_cycles=200.0, load_wait=8.0),
 }
 
-# The scalar-decay kernels' constants fit to the partial H200 sweeps (benchmarks/calibrate.py --fit over
-# both; tests/test_calibrate.py): not in use until a GPU sweep confirms its points (see CODE["chunked"])
-SCALAR_CANDIDATE = Code(cpi=0.25, move_ops=3.0, reg_comfort=128.0, warp_cycles=400.0, load_wait=8.0)
 
 
-def chunked_code(householder: bool, per_key: bool = False) -> str:
-    """The CODE entry of a chunked spec's kernels: householder transitions and per-key decays
-    generate different kernels, each calibrated on its own."""
-    return "chunked_householder" if householder else "chunked_key" if per_key else "chunked"
+def chunked_code(householder: bool, per_key: bool = False, normaliser: bool = False) -> str:
+    """The CODE entry of a chunked spec's kernels: householder transitions, per-key decays and the
+    normaliser state generate different kernels, each calibrated on its own."""
+    return ("chunked_householder" if householder else "chunked_key" if per_key
+            else "chunked_norm" if normaliser else "chunked")
 
 
 class TilesInfeasible(ReccError):
@@ -263,6 +263,14 @@ def _per_sm(threads: int, regs: float, smem: int, hw: Hardware) -> int:
     return max(fit, 1)
 
 
+def _pipelined_smem(stages: int, per_stage: int, epilogue: int) -> int:
+    """Shared memory of a kernel whose loop's loads are pipelined over `stages` buffers and whose
+    epilogue (after the loop) needs `epilogue` bytes: Triton reuses the loop's buffers there, so
+    the larger of the two (ptxas on sm_90, Triton 3.6: simple GLA o and dv at BT 64, BKS 64, BV 128,
+    8 warps: 64 / 96 KiB at 2 / 3 stages, i.e. 32 KiB a stage and nothing more; dqk likewise)."""
+    return max(stages * per_stage, epilogue)
+
+
 def _sync(warps: int) -> float:
     """Cycles of a barrier with a cross-warp exchange (none within one warp)."""
     return 0 if warps == 1 else SYNC_CYCLES + WARP_SYNC_CYCLES * math.log2(warps)
@@ -326,7 +334,8 @@ def _kernel(hw: Hardware, code: Code, *, programs: int, warps: int, elems: float
 
 def _limits(hw: Hardware) -> dict:
     return {"WARP": hw.warp_size, "MAX_REGS": hw.max_regs_per_thread, "REGS_BLOCK": hw.regs_per_block,
-            "SMEM_BLOCK": hw.smem_per_block, "L2": hw.l2_bytes, "REG_BASE": REG_BASE, "GPU": int(not hw.interpreter)}
+            "SMEM_BLOCK": hw.smem_per_block, "L2": hw.l2_bytes, "REG_BASE": REG_BASE, "GPU": int(not hw.interpreter),
+            "WGMMA": int(hw.arch.startswith("sm_90"))}
 
 
 # recurrent ---------------------------------------------------------------------------------
@@ -499,7 +508,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
     K, V, KP, NS = d["K"], d["V"], c["KP"], c["NS"]
     HH, KEY = c["HH"], c["KEY"]
     gated = int(s["gated"])
-    code = CODE[chunked_code(HH, KEY)]
+    code = CODE[chunked_code(HH, KEY, c["NORM"])]
 
     def cd(n, b):
         return -(-n // b)
@@ -584,7 +593,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         once = (2 * BTT * BT * BV, BT * BV * 2 + a_hbm, BTT * BV * 2, a_l2, BTT * BT * 6 + BTT * BV * 4)
         return _kernel(hw, code, programs=nv * NT * H, warps=a["o_warps"], stages=a["o_stages"],
                        elems=BTT * BV + BT * BT + (BTT * KB + BT * KB + KB * BV + BT * BV) // 2 + KEY * BTT * KB,
-                       smem=a["o_stages"] * (BTT * KB + BT * KB + KB * BV) * 2 + (BT * BT + BT * BV) * 2,
+                       smem=_pipelined_smem(a["o_stages"], (BTT * KB + BT * KB + KB * BV) * 2, (BT * BT + BT * BV) * 2),
                        iters=cd(K, KB), loop=(flops, hbm + KB * BV * 2, 0, l2, ops), once=once)
 
     def dv(a):
@@ -603,7 +612,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         return _kernel(hw, code, programs=nv * NT * H, warps=a["dv_warps"], stages=a["dv_stages"],
                        elems=BT * BTT + 2 * BT * BV + (2 * BT * KB + KB * BV + BT * BV) // 2
                        + KEY * (BT * KB + BT * BT),
-                       smem=a["dv_stages"] * (2 * BT * KB + KB * BV) * 2 + (BT * BT + BT * BV) * 2,
+                       smem=_pipelined_smem(a["dv_stages"], (2 * BT * KB + KB * BV) * 2, (BT * BT + BT * BV) * 2),
                        iters=cd(K, KB), loop=(flops, hbm + plain * KB * BV * 2, 0, l2, ops), once=once)
 
     def dqk_key(a):
@@ -641,8 +650,8 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                 BTT * BT * 6 + 4 * BT * KB)
         return _kernel(hw, code, programs=nk * NT * H, warps=a["dqk_warps"], stages=a["dqk_stages"],
                        elems=2 * BT * KB + BT * BT + HH * (BT * KB + BT * BV) + (2 * BT * BV + 2 * KB * BV) // 2,
-                       smem=a["dqk_stages"] * (2 * BT * BV + 2 * KB * BV + HH * 2 * BT * BV) * 2
-                       + (BT * BT + BT * KB) * 2,
+                       smem=_pipelined_smem(a["dqk_stages"], (2 * BT * BV + 2 * KB * BV + HH * 2 * BT * BV) * 2,
+                                            (BT * BT + BT * KB) * 2),
                        iters=cd(V, BV), loop=loop, once=once)
 
     def wyb(a):

@@ -19,12 +19,13 @@ def rows(name: str) -> dict:
 
 @pytest.mark.parametrize("sweep_name, op", [("sweep-delta_net", "delta_net"),
                                             ("sweep-gated_delta_net", "gated_delta_net"),
-                                            ("sweep-delta_product-mlstm", "delta_product")])
+                                            ("sweep-delta_product-mlstm", "delta_product"),
+                                            ("sweep-s6-a", "gated_delta_net")])
 def test_solver_within_10_percent_of_the_h200_householder_sweeps(sweep_name, op):
-    """Issue #6's bar on the recorded H200 sweeps (every kernel point at BT = 16, 32; BT = 64 is
-    infeasible on a GPU, constraint hh_chunk_gpu): the solver's kernels, priced with the measured
-    times, within 10% of the fastest measured combination (DeltaNet +5.9%, gated DeltaNet +5.9%,
-    DeltaProduct +4.2%)."""
+    """Issue #6's bar on the recorded H200 sweeps (every kernel point at BT = 16, 32; the later sweep of
+    gated DeltaNet, sweep-s6-a, adds BT = 64, where the UT transform's kernels run 3.5x / 2x slower): the
+    solver's kernels, priced with the measured times, within 10% of the fastest measured combination
+    (DeltaNet +7.7%, gated DeltaNet +8.1% / +5.9%, DeltaProduct +4.2%)."""
     row = rows(sweep_name)[op]
     sweep = calibrate.Sweep(row)
     point, total, parts = sweep.solver_choice()
@@ -33,24 +34,33 @@ def test_solver_within_10_percent_of_the_h200_householder_sweeps(sweep_name, op)
     assert total <= 1.10 * best, (total, best, parts)
 
 
-def test_scalar_decay_candidate_against_the_h200_sweeps(monkeypatch):
-    """The scalar-decay kernels' constants against the partial H200 sweeps of simple GLA and mLSTM
-    (both cut short by GPU crashes): per kernel and shared point, the model's pick loses 44% / 65% of
-    the fastest measured time with CODE['chunked'], at most 16% with SCALAR_CANDIDATE (kept out of use
-    until a full sweep confirms its points: its o point mismatched once on the H200)."""
-    sweeps = [calibrate.Sweep(rows("sweep-simple_gla-crashed")["simple_gla"]),
-              calibrate.Sweep(rows("sweep-delta_product-mlstm")["mlstm"])]
-    current = [s.excess_ms() for s in sweeps]
-    assert all(x > 0.4 * f for x, f in current), current
-    assert not any(s.failed_in_choice() for s in sweeps)
-    monkeypatch.setitem(calibrate.rt.CODE, "chunked", calibrate.rt.SCALAR_CANDIDATE)
+@pytest.mark.parametrize("sweep_name, op, bar", [("sweep-s6-a", "simple_gla", 1.10), ("sweep-s6-c", "mlstm", 1.10)])
+def test_solver_within_10_percent_of_the_h200_scalar_decay_sweeps(sweep_name, op, bar):
+    """Issue #6's bar on the exhaustive H200 sweeps of simple GLA (CODE['chunked']) and mLSTM
+    (CODE['chunked_norm']), every feasible kernel point timed, none failed: the solver's kernels,
+    priced with the measured times, within 10% of the fastest measured combination (1.093x, 1.089x;
+    the constants before this fit: 1.315x, 2.096x). Fit on these sweeps (in sample)."""
+    row = rows(sweep_name)[op]
+    sweep = calibrate.Sweep(row)
+    assert row["timed"]["failed_kernel_points"] == 0 and not row["cut"]["untimed_points"]
+    point, total, parts = sweep.solver_choice()
+    best = min(g["kernel_sum_ms"] for g in row["per_shared"] if g["all_timed"])
+    assert point["BT"] == 64 and total is not None and not sweep.failed_in_choice()
+    assert total <= bar * best, (total, best, parts)
+
+
+def test_earlier_scalar_constants_lost_a_third(monkeypatch):
+    """Why they were refit: the earlier scalar-decay constants priced on the same sweeps lose 31% / 110%
+    (8 warps on [128, 32] state tiles, 2 pipeline stages where 3 ran faster)."""
+    earlier = calibrate.rt.Code(cpi=2.0, move_ops=12.0, reg_comfort=96.0)
+    for name, op, code in (("sweep-s6-a", "simple_gla", "chunked"), ("sweep-s6-c", "mlstm", "chunked_norm")):
+        monkeypatch.setitem(calibrate.rt.CODE, code, earlier)
+        calibrate.rt._rates.cache_clear()
+        row = rows(name)[op]
+        _, total, _ = calibrate.Sweep(row).solver_choice()
+        best = min(g["kernel_sum_ms"] for g in row["per_shared"] if g["all_timed"])
+        assert total > 1.3 * best, (op, total, best)
     calibrate.rt._rates.cache_clear()
-    lost = [s.excess_ms() for s in sweeps]
-    assert all(x <= 0.16 * f for x, f in lost), lost
-    # why it is not in use: mLSTM's sweep recorded the candidate's o point as computing a wrong di
-    failed = sweeps[1].failed_in_choice()
-    assert [(k, pt["o_BV"], pt["o_warps"], pt["o_stages"]) for k, pt, _ in failed] == [("o", 128, 4, 2)], failed
-    assert "mismatch" in failed[0][2]
 
 
 def test_report_and_fit_run(capsys, monkeypatch):
