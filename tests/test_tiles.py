@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
+import recc
+
 from recc.check import load
 from recc.cli import main
 from recc.hardware import H100 as H100_PRESET
@@ -597,3 +599,20 @@ def test_tune_spec_times_the_best_points_through_the_op_and_the_host_code_then_l
                      timer=lambda fn: (fn(), next(clock))[1])
     assert best == points[1] != points[0] and len(timed) == 2
     assert launch_tiles("scan", dims, "cpu", spec_key(rec), **shape) == points[1]
+
+
+@pytest.mark.parametrize("hw", ["h100", "h200", "a100", "interpreter"])
+def test_every_chunked_spec_has_tiles_at_small_and_large_dims(hw):
+    """The measured constraints must not leave a shape without tiles: on the H200 model, chunks of 64 for
+    scalar decays (plain_chunk) and V blocks of 64 at chunks of 64 (wgmma_o, wgmma_dv) left K = V = 32
+    with none (the bench's reference check at B=1 T=128 H=2 K=V=32 raised TilesInfeasible)."""
+    from recc.tiles import hardware, launch_shape
+    for spec in ("simple_gla", "retnet", "mamba2", "mlstm", "gla", "delta_net", "gated_delta_net", "delta_product"):
+        rec = recc.load_spec(ROOT / "specs" / f"{spec}.rec")
+        family_dims, shape = launch_shape(rec, "chunked")
+        for KV in (16, 32, 64, 128, 256):
+            for T in (16, 128, 300, 4096):
+                dims = {"B": 1, "T": T, "H": 2} | {k: KV for k, v in family_dims.items() if isinstance(v, str)}
+                t = choose_tiles("chunked", dims, hardware(hw), **shape)
+                if hw in ("h100", "h200") and t["BT"] >= 64:
+                    assert t["o_BV"] >= 64 and t["dv_BV"] >= 64, (spec, KV, T, t.assignment)
