@@ -256,9 +256,10 @@ class Op:
         self.do = torch.randn((B, T, H) + size(out.shape), generator=gen).to(device=device, dtype=self.dtype)
 
     def release(self):
-        """Drops this op's device tensors: its inputs and the recorded launches' arguments. The
-        module's kernels (and so their Recorders) can outlive the op in Triton's caches, and an H200
-        sweep of four ops ran out of memory at the fourth (136 GiB held)."""
+        """Drops this op's device tensors: its inputs and the recorded launches' arguments (the
+        module's kernels, and so their Recorders, can outlive the op in Triton's caches). The next op's
+        timing process prints what it holds at its start: on the H200 the scan's sweep ran out of
+        memory (136 GiB) after starting at 0 GiB, so its growth is its own (not understood yet)."""
         for r in self.recorders.values():
             r.calls.clear()
         self.args, self.do = [], None
