@@ -56,6 +56,7 @@ class Sweep:
         self.dims = {k: v for k, v in row["sizes"].items() if k in ("B", "T", "H", "K", "V")}
         self.dims["T"] = rt._pow2(self.dims["T"])
         self.points = [p for p in row["points"] if p.get("ms") is not None]
+        self.code = rt.chunked_code(self.shape["householder"], self.shape["per_key"], self.shape["normaliser"])
 
     def setup(self):
         problem, terms, _, _, _ = rt._setup("chunked", self.dims, self.hw, self.shape)
@@ -113,7 +114,7 @@ class Sweep:
 
 
 def report(sweep: Sweep) -> None:
-    code = rt.chunked_code(sweep.shape["householder"], sweep.shape["per_key"], sweep.shape["normaliser"])
+    code = sweep.code
     print(f"== {sweep.op}: {len(sweep.points)} timed kernel points, model {sweep.hw.name}, CODE[{code!r}] = "
           f"{rt.CODE[code]}")
     share = sweep.excess(detail=True)
@@ -133,7 +134,7 @@ def report(sweep: Sweep) -> None:
 def fit(sweeps: list, top: int) -> None:
     """Grid search of one Code entry against every sweep that uses it: the score is the time the
     model's picks lose summed over the sweeps, over their fastest kernels' sum."""
-    code = rt.chunked_code(sweeps[0].shape["householder"], sweeps[0].shape["per_key"], sweeps[0].shape["normaliser"])
+    code = sweeps[0].code
     base = rt.CODE[code]
     results = []
     try:
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
                 continue
             sweep = Sweep(row)
             report(sweep)
-            by_code[rt.chunked_code(sweep.shape["householder"], sweep.shape["per_key"], sweep.shape["normaliser"])].append(sweep)
+            by_code[sweep.code].append(sweep)
     if a.fit:
         for sweeps in by_code.values():
             fit(sweeps, a.top)

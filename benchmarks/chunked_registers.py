@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the fp32 buffers; the rest (q, k, v, w, u, v_new, dv_new, dW, h, ...) in the inputs' type, bf16 here
 FP32 = {"G", "Tm", "dgp", "dcp", "dA", "dg", "dbeta", "dc", "beta", "c", "h0", "ht", "dht", "dh0"}
 KERNEL_TILE = {"wy_fwd": "wy", "fwd_h": "h", "fwd_o": "o", "bwd_dv": "dv", "bwd_dh": "dh", "bwd_dqk": "dqk",
-               "bwd_wy": "wyb"}
+               "bwd_wy": "wyb", "fwd_A": "a"}
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 

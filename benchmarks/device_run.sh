@@ -14,8 +14,10 @@
 #   cold         kernel_times.py: cold start (empty caches, fla autotuning) and per-kernel times of
 #                simple GLA and DeltaProduct against fla (issue #6's cold-start bar)
 # Without carried autotuning results a bench step takes most of a 600 s call; with them, minutes.
-#   sweep-a      tile_sweep.py: gated DeltaNet (chunks of 64 feasible since crash_repro), simple GLA, mLSTM, the scan
-#   sweep-b      tile_sweep.py: GLA, DeltaProduct, DeltaNet
+#   sweep-a      tile_sweep.py: the scan, GLA (the two ops not yet swept in full under today's constraints)
+#   sweep-b      tile_sweep.py: DeltaProduct, DeltaNet (swept at BT <= 32 before the wgmma constraints)
+#   ut64         kernel_times.py: gated DeltaNet's kernels at the solver's tiles and at BT = 64 (the UT
+#                transform's cost there; run on a branch that changes it, e.g. wip-ut-registers)
 #
 # Carry [".whl", ".probe"] (the anchors' wheels from ../shared/tools/anchor-wheels.sh; fla's autotuning
 # results from an earlier call, .probe/autotune.tar, when there is one) and keep the returned
@@ -56,12 +58,16 @@ for step in "$@"; do
       timeout 540 python3 benchmarks/kernel_times.py --ops simple_gla,gated_delta_product --T 4096 2>&1 \
         | grep -vi warn > "$OUT/cold.log"
       tail -60 "$OUT/cold.log" ;;
+    ut64)
+      timeout 560 python3 benchmarks/kernel_times.py --ops gated_delta_rule --T 4096 --no-anchor \
+        --tiles "gated_delta_rule:BT=64" 2>&1 | grep -vi warn > "$OUT/ut64.log"
+      tail -60 "$OUT/ut64.log" ;;
     sweep-a|sweep-b)
-      ops=gated_delta_net,simple_gla,mlstm,scan
-      [ "$step" = sweep-b ] && ops=gla,delta_product,delta_net
+      ops=scan,gla
+      [ "$step" = sweep-b ] && ops=delta_product,delta_net
       python3 benchmarks/tile_sweep.py --ops "$ops" --time-budget 500 --out "$OUT/$step.json" 2>&1 \
         | grep -vi warn > "$OUT/$step.log"
       tail -20 "$OUT/$step.log" ;;
-    *) echo "unknown step $step (check, bench-delta, bench-gla, bench-rest, bench-32k, crash, cold, sweep-a, sweep-b)"; exit 2 ;;
+    *) echo "unknown step $step (check, bench-delta, bench-gla, bench-rest, bench-32k, crash, cold, ut64, sweep-a, sweep-b)"; exit 2 ;;
   esac
 done

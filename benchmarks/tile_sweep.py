@@ -256,9 +256,9 @@ class Op:
         self.do = torch.randn((B, T, H) + size(out.shape), generator=gen).to(device=device, dtype=self.dtype)
 
     def release(self):
-        """Drops this op's device tensors: its inputs and the recorded launches' arguments. The
-        module's kernels (and so their Recorders) can outlive the op in Triton's caches, and an H200
-        sweep of four ops ran out of memory at the fourth (136 GiB held)."""
+        """Drops this op's device tensors: its inputs and the recorded launches' arguments (the
+        module's kernels, and so their Recorders, can outlive the op in Triton's caches). The timing
+        process prints what it holds at each op's start."""
         for r in self.recorders.values():
             r.calls.clear()
         self.args, self.do = [], None
@@ -297,11 +297,17 @@ class Op:
         tensors alive and each iteration allocated afresh from the device (the next candidate's run
         frees them into the caching allocator, so only the first end-to-end timing paid for it: the
         likely cause of gated DeltaNet's solver reading 3.25 ms on the H200 against a kernel sum of 1.60)."""
+        # the scan's module caches the kernels it resolved per shape (_LAUNCHED): the Recorders, until
+        # it is emptied; under a Recorder every iteration's tensors stayed alive and its H200 sweep ran out
+        # of memory (136 GiB). Emptied on the way in and out, so each side resolves its own kernels.
+        cache = getattr(self.module, "_LAUNCHED", {})
+        cache.clear()
         for t, r in self.recorders.items():
             setattr(self.module, self.attrs[t], r.kernel)
         try:
             yield
         finally:
+            cache.clear()
             for t, r in self.recorders.items():
                 setattr(self.module, self.attrs[t], r)
 

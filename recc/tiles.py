@@ -117,7 +117,6 @@ CODE = {
 }
 
 
-
 def chunked_code(householder: bool, per_key: bool = False, normaliser: bool = False) -> str:
     """The CODE entry of a chunked spec's kernels: householder transitions, per-key decays and the
     normaliser state generate different kernels, each calibrated on its own."""
