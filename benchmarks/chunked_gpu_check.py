@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import recc  # noqa: E402
-from recc.lower.chunked import lower_chunked  # noqa: E402
+from recc.lower.chunked import chunked_form, lower_chunked  # noqa: E402
 from recc.primitives import sample_input  # noqa: E402
 from recc.reference import reference  # noqa: E402
 from recc.signature import bind  # noqa: E402
@@ -58,6 +58,42 @@ def module_of(rec, tiles: dict | None = None):
     module = importlib.util.module_from_spec(mspec)
     mspec.loader.exec_module(module)
     return module
+
+
+class _Recorded:
+    """Stands in for a kernel of a generated module: records its launches instead of running them."""
+
+    def __init__(self, name, calls):
+        self.name, self.calls = name, calls
+
+    def __getitem__(self, grid):
+        return lambda *a, **kw: self.calls.append((self.name, grid, a, kw))
+
+
+def record_launches(rec, module, shape: dict, dtype=torch.bfloat16):
+    """A forward + backward of `module` at `shape` (B, T, H, K, V; zero initial states, cotangents and
+    final-state cotangents) with every kernel stubbed, on the CPU: (the real kernels by global name,
+    their launches [(global, grid, args, kwargs)], the launch tiles the host code chose). The tensors
+    hold whatever the stubs left: only the launches' addresses and parameters mean anything."""
+    calls, real = [], {}
+    for n in [n for n in vars(module) if n.endswith("_kernel")]:
+        real[n] = getattr(module, n)
+        setattr(module, n, _Recorded(n, calls))
+    gen = torch.Generator().manual_seed(0)
+    B, T, H = shape["B"], shape["T"], shape["H"]
+    form = chunked_form(rec)
+    dims = {form.K: shape["K"], form.V: shape["V"]} | rec.fixed_dims
+    size = lambda s: tuple(dims.get(x, x) for x in s)
+    args = [sample_input((B, T, H) + size(d.shape), d.annotations, gen, torch.float32).to(dtype) for d in rec.inputs]
+    args += [sample_input((H,) + size(d.shape), d.annotations, gen, torch.float32).to(dtype) for d in rec.params]
+    init = tuple(torch.zeros((B, H) + size(s.shape)) for s in rec.states)
+    call = bind(rec, tuple(args), dict(output_final_state=True, initial_state=init[0] if len(init) == 1 else init))
+    call.requires_grad = True
+    outputs, finals, saved = module._forward(call)
+    do = torch.zeros((B, T, H) + size(rec.outputs[0].shape), dtype=dtype)
+    module._backward(call, saved, {rec.outputs[0].name: do}, {s.name: torch.zeros((B, H) + size(s.shape))
+                                                              for s in rec.states})
+    return real, calls, dict(call.memo["launch"])
 
 
 def load_module(spec: str, tiles: dict | None):
