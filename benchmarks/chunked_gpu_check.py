@@ -127,6 +127,22 @@ def rel_err(got, ref):
     return float("inf") if e != e else e
 
 
+def errors_against(rec, got, ref, final_prefix: str = "") -> dict:
+    """Relative errors of a module's results against the float64 reference's, by name: the output,
+    each final state (final_prefix + its name), each input's and param's gradient (d<name>), each
+    initial state's (d<name>0). got: (outputs, finals, d_in, d_par, d_init) of _forward/_backward;
+    ref: (o_ref, s_ref (a tuple), leaves, init_leaves) after the reference's backward."""
+    outputs, finals, d_in, d_par, d_init = got
+    o_ref, s_ref, leaves, init_leaves = ref
+    errs = {"o": rel_err(outputs[rec.outputs[0].name], o_ref)}
+    errs |= {final_prefix + s.name: rel_err(finals[s.name], r) for s, r in zip(rec.states, s_ref)}
+    for d, leaf in zip(rec.inputs + rec.params, leaves):
+        g = (d_in if d in rec.inputs else d_par)[d.name]
+        errs["d" + d.name] = rel_err(g if g is not None else torch.zeros_like(leaf), leaf.grad)
+    errs |= {f"d{s.name}0": rel_err(d_init[s.name], t.grad) for s, t in zip(rec.states, init_leaves)}
+    return errs
+
+
 # ---- 1. correctness ---------------------------------------------------------------
 
 def check(spec, rec, module, varlen: bool, tol=2e-2):
@@ -155,12 +171,7 @@ def check(spec, rec, module, varlen: bool, tol=2e-2):
     out = rec.outputs[0].name
     d_in, d_par, d_init = module._backward(call, saved, {out: do.to(DEVICE, torch.bfloat16)},
                                            {s.name: d.float().to(DEVICE) for s, d in zip(rec.states, ds)})
-    errs = {"o": rel_err(outputs[out], o_ref)}
-    errs |= {s.name: rel_err(finals[s.name], r) for s, r in zip(rec.states, s_ref)}
-    for d, leaf in zip(rec.inputs + rec.params, leaves):
-        g = (d_in if d in rec.inputs else d_par)[d.name]
-        errs["d" + d.name] = rel_err(g if g is not None else torch.zeros_like(leaf), leaf.grad)
-    errs |= {f"d{s.name}0": rel_err(d_init[s.name], t.grad) for s, t in zip(rec.states, init_leaves)}
+    errs = errors_against(rec, (outputs, finals, d_in, d_par, d_init), (o_ref, s_ref, leaves, init_leaves))
     worst = max(errs, key=errs.get)
     ok = errs[worst] < tol
     print(f"check {spec:16s} {'varlen' if varlen else 'batch ':6s} {'PASS' if ok else 'FAIL'}  worst {worst} "

@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 import conftest  # noqa: E402,F401  (the tests' strict launches and GPU rounding)
 import recc  # noqa: E402
-from chunked_gpu_check import REALISTIC, module_of, record_launches, rel_err  # noqa: E402
+from chunked_gpu_check import REALISTIC, errors_against, module_of, record_launches  # noqa: E402
 from oob import OutOfBounds, sanitizer  # noqa: E402
 from tile_sweep import KERNEL_GLOBALS  # noqa: E402
 from recc.lower.chunked import chunked_form  # noqa: E402
@@ -139,12 +139,8 @@ def run_point(rec, tiles, shape, dtype=torch.bfloat16, seed=0, compare=True):
         o_ref, s_ref = reference(rec, *leaves, **dict(kw, initial_state=pack(init_leaves)))
         s_ref = s_ref if isinstance(s_ref, tuple) else (s_ref,)
         ((o_ref * do).sum() + sum((s * d).sum() for s, d in zip(s_ref, ds))).backward()
-        errs = {"o": rel_err(outputs[out], o_ref)}
-        errs |= {f"final {s.name}": rel_err(finals[s.name], r) for s, r in zip(rec.states, s_ref)}
-        for d, leaf in zip(rec.inputs + rec.params, leaves):
-            g = (d_in if d in rec.inputs else d_par)[d.name]
-            errs[f"d{d.name}"] = rel_err(g if g is not None else torch.zeros_like(leaf), leaf.grad)
-        errs |= {f"d{s.name}0": rel_err(d_init[s.name], t.grad) for s, t in zip(rec.states, init_leaves)}
+        errs = errors_against(rec, (outputs, finals, d_in, d_par, d_init), (o_ref, s_ref, leaves, init_leaves),
+                              final_prefix="final ")
         worst = max(errs, key=errs.get)
         res.update(err=errs[worst], worst=worst, errs={k: float(f"{v:.3g}") for k, v in errs.items()})
     return res
