@@ -95,19 +95,29 @@ class Sweep:
                       f"model's pick {pick[0]:.3f} ({own(pick[1])}) x{pick[0] / best[0]:.2f}{flag}")
         return lost, fastest
 
-    def solver_choice(self) -> tuple:
-        """(the solver's point, its measured kernel sum or None, {kernel: ms or None})."""
-        t = rt.choose_tiles("chunked", self.dims, self.hw, **self.shape)
+    def tiles(self):
+        """The solver's choice at the sweep's shape, with today's constraints and CODE."""
+        return rt.choose_tiles("chunked", self.dims, self.hw, **self.shape)
+
+    def fastest_sum(self) -> float | None:
+        """The fastest measured combination's kernel sum (ms): the best shared point whose kernels
+        were all timed; None when none was."""
+        return min((g["kernel_sum_ms"] for g in self.row.get("per_shared", []) if g.get("all_timed")), default=None)
+
+    def solver_choice(self, t=None) -> tuple:
+        """(the solver's point, its measured kernel sum or None, {kernel: ms or None}); `t`: the
+        solver's choice when the caller has it (`tiles()`)."""
+        t = t or self.tiles()
         measured = {(p["kernel"], tuple(sorted(p["point"].items()))): p["ms"] for p in self.points}
         parts = {term.name: measured.get((term.name, tuple(sorted((v, t[v]) for v in term.variables))))
                  for term in t.terms}
         total = sum(parts.values()) if all(v is not None for v in parts.values()) else None
         return t.assignment, total, parts
 
-    def failed_in_choice(self) -> list:
+    def failed_in_choice(self, t=None) -> list:
         """The sweep's failed kernel points (a fault, or results off the reference point) that the
-        solver's choice would launch: [(kernel, point, why)]."""
-        t = rt.choose_tiles("chunked", self.dims, self.hw, **self.shape)
+        solver's choice (`t`, or `tiles()`) would launch: [(kernel, point, why)]."""
+        t = t or self.tiles()
         mine = {term.name: {v: t[v] for v in term.variables} for term in t.terms}
         return [(f["kernel"], f["point"], f.get("failed", "")) for f in self.row.get("failed", [])
                 if mine.get(f["kernel"]) == f["point"]]
@@ -119,15 +129,16 @@ def report(sweep: Sweep) -> None:
           f"{rt.CODE[code]}")
     share = sweep.excess(detail=True)
     print(f"  the model's picks lose {100 * share:.1f}% of the fastest kernels' sum")
-    point, total, parts = sweep.solver_choice()
-    best = min((g["kernel_sum_ms"] for g in sweep.row.get("per_shared", []) if g.get("all_timed")), default=None)
+    t = sweep.tiles()
+    point, total, parts = sweep.solver_choice(t)
+    best = sweep.fastest_sum()
     print("  solver: " + " ".join(f"{k}={v}" for k, v in point.items()))
     print("  measured: " + " ".join(f"{k}={'-' if v is None else f'{v:.3f}'}" for k, v in parts.items()))
     if total is not None and best is not None:
         print(f"  solver's kernels {total:.3f} ms, fastest measured combination {best:.3f} ms: x{total / best:.3f}")
     else:
         print("  solver's point not all timed in this sweep (a point of a shared value the sweep left out?)")
-    for kernel, pt, why in sweep.failed_in_choice():
+    for kernel, pt, why in sweep.failed_in_choice(t):
         print(f"  FAILED in the sweep, and in the solver's choice: {kernel} {pt}: {why}")
 
 

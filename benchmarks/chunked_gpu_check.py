@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import recc  # noqa: E402
-from recc.lower.chunked import lower_chunked  # noqa: E402
+from recc.lower.chunked import chunked_form, lower_chunked  # noqa: E402
 from recc.primitives import sample_input  # noqa: E402
 from recc.reference import reference  # noqa: E402
 from recc.signature import bind  # noqa: E402
@@ -58,6 +58,42 @@ def module_of(rec, tiles: dict | None = None):
     module = importlib.util.module_from_spec(mspec)
     mspec.loader.exec_module(module)
     return module
+
+
+class _Recorded:
+    """Stands in for a kernel of a generated module: records its launches instead of running them."""
+
+    def __init__(self, name, calls):
+        self.name, self.calls = name, calls
+
+    def __getitem__(self, grid):
+        return lambda *a, **kw: self.calls.append((self.name, grid, a, kw))
+
+
+def record_launches(rec, module, shape: dict, dtype=torch.bfloat16):
+    """A forward + backward of `module` at `shape` (B, T, H, K, V; zero initial states, cotangents and
+    final-state cotangents) with every kernel stubbed, on the CPU: (the real kernels by global name,
+    their launches [(global, grid, args, kwargs)], the launch tiles the host code chose). The tensors
+    hold whatever the stubs left: only the launches' addresses and parameters mean anything."""
+    calls, real = [], {}
+    for n in [n for n in vars(module) if n.endswith("_kernel")]:
+        real[n] = getattr(module, n)
+        setattr(module, n, _Recorded(n, calls))
+    gen = torch.Generator().manual_seed(0)
+    B, T, H = shape["B"], shape["T"], shape["H"]
+    form = chunked_form(rec)
+    dims = {form.K: shape["K"], form.V: shape["V"]} | rec.fixed_dims
+    size = lambda s: tuple(dims.get(x, x) for x in s)
+    args = [sample_input((B, T, H) + size(d.shape), d.annotations, gen, torch.float32).to(dtype) for d in rec.inputs]
+    args += [sample_input((H,) + size(d.shape), d.annotations, gen, torch.float32).to(dtype) for d in rec.params]
+    init = tuple(torch.zeros((B, H) + size(s.shape)) for s in rec.states)
+    call = bind(rec, tuple(args), dict(output_final_state=True, initial_state=init[0] if len(init) == 1 else init))
+    call.requires_grad = True
+    outputs, finals, saved = module._forward(call)
+    do = torch.zeros((B, T, H) + size(rec.outputs[0].shape), dtype=dtype)
+    module._backward(call, saved, {rec.outputs[0].name: do}, {s.name: torch.zeros((B, H) + size(s.shape))
+                                                              for s in rec.states})
+    return real, calls, dict(call.memo["launch"])
 
 
 def load_module(spec: str, tiles: dict | None):
@@ -91,6 +127,22 @@ def rel_err(got, ref):
     return float("inf") if e != e else e
 
 
+def errors_against(rec, got, ref, final_prefix: str = "") -> dict:
+    """Relative errors of a module's results against the float64 reference's, by name: the output,
+    each final state (final_prefix + its name), each input's and param's gradient (d<name>), each
+    initial state's (d<name>0). got: (outputs, finals, d_in, d_par, d_init) of _forward/_backward;
+    ref: (o_ref, s_ref (a tuple), leaves, init_leaves) after the reference's backward."""
+    outputs, finals, d_in, d_par, d_init = got
+    o_ref, s_ref, leaves, init_leaves = ref
+    errs = {"o": rel_err(outputs[rec.outputs[0].name], o_ref)}
+    errs |= {final_prefix + s.name: rel_err(finals[s.name], r) for s, r in zip(rec.states, s_ref)}
+    for d, leaf in zip(rec.inputs + rec.params, leaves):
+        g = (d_in if d in rec.inputs else d_par)[d.name]
+        errs["d" + d.name] = rel_err(g if g is not None else torch.zeros_like(leaf), leaf.grad)
+    errs |= {f"d{s.name}0": rel_err(d_init[s.name], t.grad) for s, t in zip(rec.states, init_leaves)}
+    return errs
+
+
 # ---- 1. correctness ---------------------------------------------------------------
 
 def check(spec, rec, module, varlen: bool, tol=2e-2):
@@ -119,12 +171,7 @@ def check(spec, rec, module, varlen: bool, tol=2e-2):
     out = rec.outputs[0].name
     d_in, d_par, d_init = module._backward(call, saved, {out: do.to(DEVICE, torch.bfloat16)},
                                            {s.name: d.float().to(DEVICE) for s, d in zip(rec.states, ds)})
-    errs = {"o": rel_err(outputs[out], o_ref)}
-    errs |= {s.name: rel_err(finals[s.name], r) for s, r in zip(rec.states, s_ref)}
-    for d, leaf in zip(rec.inputs + rec.params, leaves):
-        g = (d_in if d in rec.inputs else d_par)[d.name]
-        errs["d" + d.name] = rel_err(g if g is not None else torch.zeros_like(leaf), leaf.grad)
-    errs |= {f"d{s.name}0": rel_err(d_init[s.name], t.grad) for s, t in zip(rec.states, init_leaves)}
+    errs = errors_against(rec, (outputs, finals, d_in, d_par, d_init), (o_ref, s_ref, leaves, init_leaves))
     worst = max(errs, key=errs.get)
     ok = errs[worst] < tol
     print(f"check {spec:16s} {'varlen' if varlen else 'batch ':6s} {'PASS' if ok else 'FAIL'}  worst {worst} "

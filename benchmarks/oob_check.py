@@ -41,8 +41,9 @@ import torch  # noqa: E402
 
 import conftest  # noqa: E402,F401  (the tests' strict launches and GPU rounding)
 import recc  # noqa: E402
-from chunked_gpu_check import REALISTIC, module_of, rel_err  # noqa: E402
+from chunked_gpu_check import REALISTIC, errors_against, module_of, record_launches  # noqa: E402
 from oob import OutOfBounds, sanitizer  # noqa: E402
+from tile_sweep import KERNEL_GLOBALS  # noqa: E402
 from recc.lower.chunked import chunked_form  # noqa: E402
 from recc.primitives import sample_input  # noqa: E402
 from recc.reference import reference  # noqa: E402
@@ -138,57 +139,23 @@ def run_point(rec, tiles, shape, dtype=torch.bfloat16, seed=0, compare=True):
         o_ref, s_ref = reference(rec, *leaves, **dict(kw, initial_state=pack(init_leaves)))
         s_ref = s_ref if isinstance(s_ref, tuple) else (s_ref,)
         ((o_ref * do).sum() + sum((s * d).sum() for s, d in zip(s_ref, ds))).backward()
-        errs = {"o": rel_err(outputs[out], o_ref)}
-        errs |= {f"final {s.name}": rel_err(finals[s.name], r) for s, r in zip(rec.states, s_ref)}
-        for d, leaf in zip(rec.inputs + rec.params, leaves):
-            g = (d_in if d in rec.inputs else d_par)[d.name]
-            errs[f"d{d.name}"] = rel_err(g if g is not None else torch.zeros_like(leaf), leaf.grad)
-        errs |= {f"d{s.name}0": rel_err(d_init[s.name], t.grad) for s, t in zip(rec.states, init_leaves)}
+        errs = errors_against(rec, (outputs, finals, d_in, d_par, d_init), (o_ref, s_ref, leaves, init_leaves),
+                              final_prefix="final ")
         worst = max(errs, key=errs.get)
         res.update(err=errs[worst], worst=worst, errs={k: float(f"{v:.3g}") for k, v in errs.items()})
     return res
 
 
 MAIN = dict(B=4, T=4096, H=16, K=128, V=128)
-GLOBALS = {"wy": "chunk_wy_fwd_kernel", "h": "chunk_fwd_h_kernel", "o": "chunk_fwd_o_kernel",
-           "dv": "chunk_bwd_dv_kernel", "dh": "chunk_bwd_dh_kernel", "dqk": "chunk_bwd_dqk_kernel",
-           "wyb": "chunk_bwd_wy_kernel", "a": "chunk_fwd_A_kernel", "cumsum": "chunk_cumsum_kernel"}
-
-
-class _Stub:
-    """Records a kernel's launches instead of running them."""
-
-    def __init__(self, name, calls):
-        self.name, self.calls = name, calls
-
-    def __getitem__(self, grid):
-        return lambda *a, **kw: self.calls.append((self.name, grid, a, kw))
+# the tuned kernels' globals (after "<spec>_"), and the decays' cumsum
+GLOBALS = {**KERNEL_GLOBALS["chunked"], "cumsum": "chunk_cumsum_kernel"}
 
 
 def main_shape_kernels(rec, tiles, kernels, shape=MAIN, dtype=torch.bfloat16):
     """The named kernels alone at the main shape under the sanitizer: the host code runs forward and
     backward with every kernel stubbed (recording its launches; the tensors hold garbage, which no
     address depends on), then each recorded launch of a named kernel runs in the interpreter."""
-    module = module_of(rec, tiles)
-    calls = []
-    real = {}
-    for n in [n for n in vars(module) if n.endswith("_kernel")]:
-        real[n] = getattr(module, n)
-        setattr(module, n, _Stub(n, calls))
-    gen = torch.Generator().manual_seed(0)
-    B, T, H = shape["B"], shape["T"], shape["H"]
-    form = chunked_form(rec)
-    dims = {form.K: shape["K"], form.V: shape["V"]} | rec.fixed_dims
-    size = lambda s: tuple(dims.get(x, x) for x in s)
-    args = [sample_input((B, T, H) + size(d.shape), d.annotations, gen, torch.float32).to(dtype) for d in rec.inputs]
-    args += [sample_input((H,) + size(d.shape), d.annotations, gen, torch.float32).to(dtype) for d in rec.params]
-    init = tuple(torch.zeros((B, H) + size(s.shape)) for s in rec.states)
-    call = bind(rec, tuple(args), dict(output_final_state=True, initial_state=init[0] if len(init) == 1 else init))
-    call.requires_grad = True
-    outputs, finals, saved = module._forward(call)
-    do = torch.zeros((B, T, H) + size(rec.outputs[0].shape), dtype=dtype)
-    module._backward(call, saved, {rec.outputs[0].name: do}, {s.name: torch.zeros((B, H) + size(s.shape))
-                                                              for s in rec.states})
+    real, calls, launched = record_launches(rec, module_of(rec, tiles), shape, dtype)
     rows = []
     for kernel in kernels:
         name = f"{rec.name}_{GLOBALS[kernel]}"
@@ -199,7 +166,7 @@ def main_shape_kernels(rec, tiles, kernels, shape=MAIN, dtype=torch.bfloat16):
             rows.append(dict(kernel=kernel, grid=grid, lanes=report.lanes, accesses=report.accesses,
                              constexprs={k: v for k, v in kw.items() if k.isupper() or k.startswith("B")},
                              secs=round(time.time() - t0, 1)))
-    return rows, dict(call.memo["launch"])
+    return rows, launched
 
 
 def grid_points(rec, shape, thin=False):

@@ -35,55 +35,25 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import recc  # noqa: E402
-from chunked_gpu_check import module_of  # noqa: E402
-from recc.lower.chunked import chunked_form  # noqa: E402
-from recc.primitives import sample_input  # noqa: E402
-from recc.signature import bind  # noqa: E402
+from chunked_gpu_check import module_of, record_launches  # noqa: E402
+from tile_sweep import KERNEL_GLOBALS  # noqa: E402
 
 MAIN = dict(B=4, T=4096, H=16, K=128, V=128)
-GLOBALS = {"wy": "chunk_wy_fwd_kernel", "h": "chunk_fwd_h_kernel", "o": "chunk_fwd_o_kernel",
-           "dv": "chunk_bwd_dv_kernel", "dh": "chunk_bwd_dh_kernel", "dqk": "chunk_bwd_dqk_kernel",
-           "wyb": "chunk_bwd_wy_kernel", "a": "chunk_fwd_A_kernel"}
+GLOBALS = KERNEL_GLOBALS["chunked"]   # the tuned kernels' globals (after "<spec>_")
 _TY = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32", torch.int64: "i64"}
-
-
-class _Stub:
-    def __init__(self, name, kernel, calls):
-        self.name, self.kernel, self.calls = name, kernel, calls
-
-    def __getitem__(self, grid):
-        return lambda *a, **kw: self.calls.append((self.name, grid, a, kw))
 
 
 def record(spec: str, tiles: dict):
     """(rec, module, [(kernel global, grid, args, kwargs)]) of a forward + backward at the main shape."""
     rec = recc.load_spec(ROOT / "specs" / f"{spec}.rec")
     module = module_of(rec, tiles)
-    calls = []
-    kernels = {}
-    for n in [n for n in vars(module) if n.endswith("_kernel")]:
-        kernels[n] = getattr(module, n)
-        setattr(module, n, _Stub(n, kernels[n], calls))
-    B, T, H = MAIN["B"], MAIN["T"], MAIN["H"]
-    gen = torch.Generator().manual_seed(0)
-    form = chunked_form(rec)
-    dims = {form.K: MAIN["K"], form.V: MAIN["V"]} | rec.fixed_dims
-    size = lambda s: tuple(dims.get(x, x) for x in s)
-    args = [sample_input((B, T, H) + size(d.shape), d.annotations, gen, torch.float32).bfloat16() for d in rec.inputs]
-    args += [sample_input((H,) + size(d.shape), d.annotations, gen, torch.float32).bfloat16() for d in rec.params]
-    init = tuple(torch.zeros((B, H) + size(s.shape)) for s in rec.states)
-    call = bind(rec, tuple(args), dict(output_final_state=True, initial_state=init[0] if len(init) == 1 else init))
-    call.requires_grad = True
     # the GPU's model picks the kernels the point leaves open (the host asks the inputs' device: CPU here)
     from recc import tiles as rt
     from recc.hardware import H200
-    key, shape = module._SPEC_KEY, module._LAUNCH_SHAPE
     module._launch_tiles = lambda fam, d, dev, k, **s: rt.launch_tiles(fam, d, H200, k, **s)
     module._MIN_DOT = 16
-    outputs, finals, saved = module._forward(call)
-    do = torch.zeros((B, T, H) + size(rec.outputs[0].shape), dtype=torch.bfloat16)
-    module._backward(call, saved, {rec.outputs[0].name: do}, {s.name: torch.zeros((B, H) + size(s.shape)) for s in rec.states})
-    return rec, kernels, calls, dict(call.memo["launch"])
+    kernels, calls, launched = record_launches(rec, module, MAIN)
+    return rec, kernels, calls, launched
 
 
 def compile_call(kernel, args, kwargs):

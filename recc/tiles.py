@@ -521,20 +521,21 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
 
     def a(a):
         """Per-key decays: per (sub-chunk, chunk), the scores' rows [BC, BT] in [BC, BC] blocks; per K
-        block of KB: the diagonal block (BC columns of per-element exps, a row sum each) and, on
-        average, (NC - 1) / 2 earlier sub-chunks (a [BC, KB] x [KB, BC] tl.dot each, their rows
-        read by the chunk's other sub-chunks too: L2)."""
+        block of KB: the diagonal block and, on average, (NC - 1) / 2 earlier sub-chunks (a
+        [BC, KB] x [KB, BC] tl.dot each, the earlier rows read by the chunk's other sub-chunks too:
+        L2). The diagonal block is priced as split (_separable: one more tl.dot and the span's max),
+        the path of any decays short of e^-60 over a sub-chunk."""
         BT, KB = a["BT"], min(a["BKS"], KP)
         BC = min(a["BC"], BT)
         NT, _ = chunks(BT)
         nc = BT // BC
         pairs = (nc - 1) / 2
-        loop = (pairs * 2 * BC * BC * KB, BC * KB * 8, 0, pairs * BC * KB * 12 + BC * KB * 6,
-                pairs * 6 * BC * KB + BC * (8 * BC * KB + 2 * BC * BC))
+        loop = ((pairs + 1) * 2 * BC * BC * KB, BC * KB * 8, 0, pairs * BC * KB * 12 + BC * KB * 2,
+                (pairs + 1) * 6 * BC * KB + 4 * BC * KB)
         return _kernel(hw, code, programs=nc * NT * H, warps=a["a_warps"], stages=a["a_stages"],
                        elems=BC * BC + 6 * BC * KB, smem=a["a_stages"] * BC * KB * 8,
                        iters=cd(K, KB), loop=loop, once=(0, 0, BC * BT * 2, 0, BC * BT),
-                       serial=BC * 100 + pairs * 40)    # a column's row sum: shuffles across lanes
+                       serial=(pairs + 1) * 40)          # the span's max: shuffles across lanes
 
     def wy(a):
         BT = a["BT"]
@@ -618,15 +619,16 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         """Per-key decays: per (K block, chunk) a pass over V for the chunk's state parts and chunk-end
         term (the epilogue here), then per sub-chunk (the loop's iterations) its rows of the state
         parts (one-hot tl.dot's on two bf16 parts), the NC - 1 other sub-chunks ([BC, BC] x [BC, KB]
-        tl.dot's on dA, which dv stored: L2), BC rows of per-element exps, dq, dk, dG stored."""
+        tl.dot's on dA, which dv stored: L2), the diagonal block split (two more such tl.dot's; see a),
+        dq, dk, dG stored."""
         BT, BV, KB = a["BT"], a["dqk_BV"], min(a["BKS"], KP)
         BC = min(a["BC"], BT)
         NT, _ = chunks(BT)
         nk, nv, nc = cd(K, KB), cd(V, BV), BT // BC
         pairs = nc - 1                                       # earlier (dq) and later (dk) sub-chunks
-        loop = (2 * 2 * 2 * BC * BT * KB + pairs * 2 * BC * BC * KB, 0, BC * KB * 8,
-                BC * KB * 8 + pairs * (BC * KB * 6 + BC * BC * 4) + BC * (3 * KB * 2 + 2 * BC * 4) + BC * BC * 4,
-                BC * BT + pairs * 4 * BC * KB + BC * KB * 10 + BC * BC * KB * 12)
+        loop = (2 * 2 * 2 * BC * BT * KB + (pairs + 2) * 2 * BC * BC * KB, 0, BC * KB * 8,
+                BC * KB * 8 + pairs * (BC * KB * 6 + BC * BC * 4) + 2 * BC * BC * 4,
+                BC * BT + (pairs + 2) * 4 * BC * KB + BC * KB * 10)
         dv_hbm, dv_l2 = shared(2 * BT * V * 2, nk)           # do, v (every K block reads them)
         once = (2 * 2 * BT * V * KB, 2 * KB * V * 2 + dv_hbm + BT * KB * 6, 0, dv_l2, 3 * KB * V + 12 * BT * KB)
         return _kernel(hw, code, programs=nk * NT * H, warps=a["dqk_warps"], stages=a["dqk_stages"],
@@ -634,8 +636,8 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                        elems=3 * BT * KB + 4 * BC * KB + BT * BV + KB * BV,
                        smem=a["dqk_stages"] * (2 * BT * BV + 2 * KB * BV) * 2 + 4 * BT * KB * 2,
                        iters=nc, loop=loop, once=once,
-                       serial=(BC + pairs) * 40 + nv * 100)  # the diagonal's rows, pairs: an L1 load each;
-                                                             # the V blocks of the state parts
+                       serial=(pairs + 2) * 40 + nv * 100)  # dA blocks: an L1 load each (and the span's
+                                                             # max); the V blocks of the state parts
 
     def dqk(a):
         BT, BV, KB = a["BT"], a["dqk_BV"], min(a["BKS"], KP)

@@ -258,11 +258,43 @@ def test_gla_four_sub_chunks(tmp_path):
     oracle_check(compiled, "gla", T=40, varlen=True)
 
 
-def test_gla_strong_per_key_decays(compiled):
-    """Decays down to exp(-8) per step: exp() of unscaled cumulative gates would overflow."""
-    strong = lambda shape, ann, gen: torch.nn.functional.logsigmoid(
-        torch.randn(shape, generator=gen, dtype=torch.float64) * 3 - 3)
-    oracle_check(compiled, "gla", T=40, sample={"g": strong})
+GATES = {   # log-decays per step: (the draw, which diagonal blocks the split takes: "all", "none", "some")
+    "strong": (lambda x: torch.nn.functional.logsigmoid(x * 3 - 3), "all"),        # down to exp(-8) a step
+    "extreme": (lambda x: torch.nn.functional.logsigmoid(x * 3 - 12), "none"),     # e^-12 a step: spans > 60
+    "bursts": (lambda x: torch.where(x > 2.25, -70.0, torch.nn.functional.logsigmoid(x + 2)), "some"),
+}
+
+
+def _diagonal_spans(g, limit):
+    """Whether each diagonal block of test tiles (BT = 16, BC = 8, BK = 8) has every |G - G_r| <= limit,
+    G the chunk-local cumsum of g [B, T, H, K], r the sub-chunk's first row: what _separable decides."""
+    B, T, H, K = g.shape
+    BT, BC, BK = TILES["BT"], TILES["BC"], TILES["BKS"]
+    ok = []
+    for i0 in range(0, T, BC):
+        rows = g[:, i0 + 1:min(i0 + BC, T)]                  # steps after the reference row
+        span = (-rows).cumsum(1).abs().amax(1) if rows.shape[1] else torch.zeros(B, H, K, dtype=g.dtype)
+        ok.append(span.reshape(B, H, K // BK, BK).amax(-1) <= limit)
+    return torch.stack(ok)
+
+
+@pytest.mark.parametrize("gates, dtype", [("strong", torch.float32), ("extreme", torch.float32),
+                                          ("bursts", torch.float32), ("bursts", torch.float16)])
+def test_gla_strong_per_key_decays(compiled, gates, dtype):
+    """Strong decays: exp() of unscaled cumulative gates would overflow, and a diagonal block's split
+    around its first row (fast: one tl.dot) holds only while its exponents stay in range (60, 8 for
+    fp16), else the block takes exact per-element exps. Every path is checked to have run."""
+    draw, expect = GATES[gates]
+    drawn = []
+
+    def sample(shape, ann, gen):
+        drawn.append(draw(torch.randn(shape, generator=gen, dtype=torch.float64)))
+        return drawn[-1]
+
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    oracle_check(compiled, "gla", T=40, sample={"g": sample}, dtype=dtype, tol=tol)
+    split = _diagonal_spans(drawn[0], 8. if dtype == torch.float16 else 60.)
+    assert {"all": split.all(), "none": not split.any(), "some": split.any() and not split.all()}[expect]
 
 
 @pytest.mark.parametrize("spec", ["mlstm", "delta_product", "gla"])

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 
 import recc
-
 from recc.check import load
 from recc.cli import main
 from recc.hardware import H100 as H100_PRESET
