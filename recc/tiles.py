@@ -105,9 +105,11 @@ CODE = {
     # chunked_norm (mLSTM: the normaliser state and max stabiliser, templates/chunked_norm.jinja): fit likewise to
     # its exhaustive sweep (200 points; results/2026-12-03-h200-sweep-s6-c.json): 1.089x (earlier: 2.096x)
     "chunked_norm": Code(cpi=0.25, move_ops=6.0, reg_comfort=160.0, warp_cycles=100.0, load_wait=8.0),
-    # chunked_key (GLA: per-key decays, sub-chunked scores and gradients): the earlier calibration, until a
-    # sweep of its kernels runs
-    "chunked_key": Code(cpi=2.0, move_ops=12.0, reg_comfort=96.0),
+    # chunked_key (GLA: per-key decays, sub-chunked scores and gradients): grid-fit (calibrate.py --fit
+    # --fit-choice: the solver's whole choice priced with the measured times) to GLA's exhaustive H200 sweep
+    # with split diagonal blocks (1287 points; results/2026-12-03-h200-s7-sweep-gla.json): 1.157x the fastest
+    # combination (the earlier constants, cpi=2 move_ops=12 reg_comfort=96: 1.47x, chunks of 32)
+    "chunked_key": Code(cpi=0.25, move_ops=3.0, reg_comfort=160.0, warp_cycles=0.0, load_wait=8.0),
     # chunked_householder (DeltaNet, gated DeltaNet, DeltaProduct): fit to the H200 sweep of DeltaNet's seven
     # kernels (benchmarks/tile_sweep.py, 1191 points at BT = 16, 32; results/2026-12-03-h200-sweep-delta_net.json),
     # with the per-warp tile bounds of templates/chunked.constraints: cpi, move_ops, warp_cycles and load_wait

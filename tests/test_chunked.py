@@ -250,10 +250,12 @@ def test_mlstm_stabiliser_keeps_large_input_gates_finite(compiled):
     oracle_check(compiled, "mlstm", T=40, sample={"i": big})
 
 
-def test_gla_four_sub_chunks(tmp_path):
+@pytest.mark.parametrize("BC", [8, 32])
+def test_gla_four_sub_chunks(tmp_path, BC):
     """Per-key decays with four sub-chunks per chunk (BT = 32, BC = 8): several earlier and later
-    sub-chunks per sub-chunk; a ragged last chunk and varlen sequences ending mid-sub-chunk."""
-    compiled = _compiler(tmp_path, {**TILES, "BT": 32})
+    sub-chunks per sub-chunk; and with one (BC = BT: the diagonal block is the whole chunk, as the
+    H200 model picks at BT = 64); a ragged last chunk and varlen sequences ending mid-sub-chunk."""
+    compiled = _compiler(tmp_path, {**TILES, "BT": 32, "BC": BC})
     oracle_check(compiled, "gla", T=75)
     oracle_check(compiled, "gla", T=40, varlen=True)
 
