@@ -49,20 +49,19 @@ def test_solver_within_10_percent_of_the_h200_scalar_decay_sweeps(sweep_name, op
     assert total <= bar * best, (total, best, parts)
 
 
-def test_gla_solver_on_its_exhaustive_sweep():
-    """GLA (CODE['chunked_key']) on its exhaustive H200 sweep with the split diagonal blocks (1287 kernel
-    points, none failed): the solver's choice, priced with the measured times, is 1.157x the fastest
-    combination (the earlier constants: 1.47x, chunks of 32 where 64 ran faster). Short of issue #6's
-    1.10: these constants are the grid's best for the solver's whole choice (calibrate.py --fit-choice); the
-    model misprices the state passes' warps and the scores' stages. The dqk points carry the dv_BV they
-    were timed with (their dA is summed over dv's V blocks): the lookup must match it too."""
+def test_gla_solver_within_10_percent_of_its_exhaustive_sweep():
+    """Issue #6's bar for GLA (CODE['chunked_key']) on its exhaustive H200 sweep with the split diagonal
+    blocks (1287 kernel points, none failed): the solver's choice, priced with the measured times, is
+    1.083x the fastest combination (the earlier constants: 1.47x; before dqk's registers and shared memory
+    followed ptxas, no constants of the grid did better than 1.157x). Fit on this sweep (in sample). The
+    dqk points carry the dv_BV they were timed with (their dA sums dv's V blocks): the lookup matches it."""
     row = rows("s7-sweep-gla")["gla"]
     sweep = calibrate.Sweep(row)
     assert row["timed"]["failed_kernel_points"] == 0 and row["exhaustive"]
     point, total, parts = sweep.solver_choice()
     best = sweep.fastest_sum()
-    assert point["BT"] == 64 and total is not None and not sweep.failed_in_choice(), parts
-    assert total <= 1.16 * best, (total, best, parts)
+    assert total is not None and not sweep.failed_in_choice(), parts
+    assert total <= 1.10 * best, (total, best, parts)
 
 
 def test_earlier_scalar_constants_lost_a_third(monkeypatch):
@@ -92,11 +91,11 @@ def test_report_and_fit_run(capsys, monkeypatch):
 
 
 def test_fit_by_the_solvers_choice(capsys, monkeypatch):
-    monkeypatch.setattr(calibrate, "GRID", {"cpi": (0.25, 2.0), "move_ops": (3.0,), "warp_cycles": (0.0,),
-                                           "load_wait": (8.0,)})
+    monkeypatch.setattr(calibrate, "GRID", {"cpi": (1.0, 2.0), "move_ops": (12.0,), "warp_cycles": (0.0,),
+                                           "load_wait": (4.0,), "reg_comfort": (96.0,)})
     calibrate.main([str(ROOT / "benchmarks" / "results" / "2026-12-03-h200-s7-sweep-gla.json"), "--fit",
                     "--fit-choice", "--top", "2"])
     out = capsys.readouterr().out.splitlines()
     head = out.index("grid fit of CODE['chunked_key'] over gla (2 points), best first:")
     best, second = out[head + 1], out[head + 2]
-    assert "cpi=0.25" in best and "lose  15.7%" in best and "cpi=2.0" in second, out[head:]
+    assert "cpi=1.0" in best and "lose   8.3%" in best and "cpi=2.0" in second, out[head:]
