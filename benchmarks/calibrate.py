@@ -149,7 +149,7 @@ def choice_ms(sweep: Sweep) -> tuple:
     """(the solver's whole choice priced with the measured times, the fastest measured combination):
     a choice with a kernel point the sweep did not time costs infinity."""
     _, total, _ = sweep.solver_choice()
-    return (total if total is not None else float("inf")), sweep.fastest_sum() or float("nan")
+    return (total if total is not None else float("inf")), sweep.fastest_sum()
 
 
 def fit(sweeps: list, top: int, choice: bool = False) -> None:
@@ -163,8 +163,8 @@ def fit(sweeps: list, top: int, choice: bool = False) -> None:
         for values in itertools.product(*GRID.values()):
             rt.CODE[code] = dataclasses.replace(base, **dict(zip(GRID, values)))
             rt._rates.cache_clear()
-            if choice:
-                parts = [(t - f, f) for t, f in map(choice_ms, sweeps)]
+            if choice:   # sweeps with no fully timed combination have nothing to score against
+                parts = [(t - f, f) for t, f in map(choice_ms, sweeps) if f is not None]
             else:
                 parts = [s.excess_ms() for s in sweeps]
             lost, fastest = sum(p[0] for p in parts), sum(p[1] for p in parts)
