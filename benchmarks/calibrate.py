@@ -105,14 +105,19 @@ class Sweep:
         were all timed; None when none was."""
         return min((g["kernel_sum_ms"] for g in self.row.get("per_shared", []) if g.get("all_timed")), default=None)
 
+    @staticmethod
+    def launches(t, record: dict) -> bool:
+        """Whether the choice `t` launches a recorded kernel point: it agrees with every value the
+        record holds, its kernel's variables and any coupled ones the sweep grouped it by (dqk's
+        points of per-key decays carry dv_BV, whose dA blocks they sum)."""
+        return all(t.assignment.get(k) == v for k, v in record["point"].items())
+
     def solver_choice(self, t=None) -> tuple:
         """(the solver's point, its measured kernel sum or None, {kernel: ms or None}); `t`: the
         solver's choice when the caller has it (`tiles()`)."""
         t = t or self.tiles()
-        # a point matches on every value it records: its kernel's variables and any coupled ones the
-        # sweep grouped it by (dqk's points of per-key decays carry dv_BV, whose dA blocks they sum)
-        parts = {term.name: next((p["ms"] for p in self.points if p["kernel"] == term.name
-                                  and all(t.assignment.get(k) == v for k, v in p["point"].items())), None)
+        parts = {term.name: next((p["ms"] for p in self.points if p["kernel"] == term.name and self.launches(t, p)),
+                                 None)
                  for term in t.terms}
         total = sum(parts.values()) if all(v is not None for v in parts.values()) else None
         return t.assignment, total, parts
@@ -121,9 +126,9 @@ class Sweep:
         """The sweep's failed kernel points (a fault, or results off the reference point) that the
         solver's choice (`t`, or `tiles()`) would launch: [(kernel, point, why)]."""
         t = t or self.tiles()
-        mine = {term.name: {v: t[v] for v in term.variables} for term in t.terms}
+        mine = {term.name for term in t.terms}
         return [(f["kernel"], f["point"], f.get("failed", "")) for f in self.row.get("failed", [])
-                if mine.get(f["kernel"]) == f["point"]]
+                if f["kernel"] in mine and self.launches(t, f)]
 
 
 def report(sweep: Sweep) -> None:
