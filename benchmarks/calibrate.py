@@ -3,6 +3,7 @@
 
     python benchmarks/calibrate.py benchmarks/results/2026-12-03-h200-sweep-delta_net.json
     python benchmarks/calibrate.py SWEEP.json [SWEEP.json ...] --fit   # grid over the Code parameters
+    python benchmarks/calibrate.py SWEEP.json --fit --fit-choice       # scored by the solver's whole choice
 
 Reads the rows of `tile_sweep.py` (every kernel point timed alone, at each value of the shared
 variables). For each kernel and shared point it compares the model's pick among the measured
@@ -104,12 +105,19 @@ class Sweep:
         were all timed; None when none was."""
         return min((g["kernel_sum_ms"] for g in self.row.get("per_shared", []) if g.get("all_timed")), default=None)
 
+    @staticmethod
+    def launches(t, record: dict) -> bool:
+        """Whether the choice `t` launches a recorded kernel point: it agrees with every value the
+        record holds, its kernel's variables and any coupled ones the sweep grouped it by (dqk's
+        points of per-key decays carry dv_BV, whose dA blocks they sum)."""
+        return all(t.assignment.get(k) == v for k, v in record["point"].items())
+
     def solver_choice(self, t=None) -> tuple:
         """(the solver's point, its measured kernel sum or None, {kernel: ms or None}); `t`: the
         solver's choice when the caller has it (`tiles()`)."""
         t = t or self.tiles()
-        measured = {(p["kernel"], tuple(sorted(p["point"].items()))): p["ms"] for p in self.points}
-        parts = {term.name: measured.get((term.name, tuple(sorted((v, t[v]) for v in term.variables))))
+        parts = {term.name: next((p["ms"] for p in self.points if p["kernel"] == term.name and self.launches(t, p)),
+                                 None)
                  for term in t.terms}
         total = sum(parts.values()) if all(v is not None for v in parts.values()) else None
         return t.assignment, total, parts
@@ -118,9 +126,9 @@ class Sweep:
         """The sweep's failed kernel points (a fault, or results off the reference point) that the
         solver's choice (`t`, or `tiles()`) would launch: [(kernel, point, why)]."""
         t = t or self.tiles()
-        mine = {term.name: {v: t[v] for v in term.variables} for term in t.terms}
+        mine = {term.name for term in t.terms}
         return [(f["kernel"], f["point"], f.get("failed", "")) for f in self.row.get("failed", [])
-                if mine.get(f["kernel"]) == f["point"]]
+                if f["kernel"] in mine and self.launches(t, f)]
 
 
 def report(sweep: Sweep) -> None:
@@ -142,9 +150,17 @@ def report(sweep: Sweep) -> None:
         print(f"  FAILED in the sweep, and in the solver's choice: {kernel} {pt}: {why}")
 
 
-def fit(sweeps: list, top: int) -> None:
+def choice_ms(sweep: Sweep) -> tuple:
+    """(the solver's whole choice priced with the measured times, the fastest measured combination):
+    a choice with a kernel point the sweep did not time costs infinity."""
+    _, total, _ = sweep.solver_choice()
+    return (total if total is not None else float("inf")), sweep.fastest_sum()
+
+
+def fit(sweeps: list, top: int, choice: bool = False) -> None:
     """Grid search of one Code entry against every sweep that uses it: the score is the time the
-    model's picks lose summed over the sweeps, over their fastest kernels' sum."""
+    model's picks lose summed over the sweeps, over their fastest kernels' sum; with `choice`, the
+    time the solver's whole choice (shared values included) loses to the fastest combination."""
     code = sweeps[0].code
     base = rt.CODE[code]
     results = []
@@ -152,7 +168,10 @@ def fit(sweeps: list, top: int) -> None:
         for values in itertools.product(*GRID.values()):
             rt.CODE[code] = dataclasses.replace(base, **dict(zip(GRID, values)))
             rt._rates.cache_clear()
-            parts = [s.excess_ms() for s in sweeps]
+            if choice:   # sweeps with no fully timed combination have nothing to score against
+                parts = [(t - f, f) for t, f in map(choice_ms, sweeps) if f is not None]
+            else:
+                parts = [s.excess_ms() for s in sweeps]
             lost, fastest = sum(p[0] for p in parts), sum(p[1] for p in parts)
             results.append((lost / fastest if fastest else 0.0, [p[0] / p[1] if p[1] else 0.0 for p in parts],
                             dict(zip(GRID, values))))
@@ -171,6 +190,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("sweeps", nargs="+", help="tile_sweep.py JSON files")
     p.add_argument("--fit", action="store_true", help="grid search of the op's Code parameters")
+    p.add_argument("--fit-choice", action="store_true",
+                   help="with --fit: score the solver's whole choice (shared values too) priced with the "
+                        "measured times, not each kernel's pick at each shared point")
     p.add_argument("--top", type=int, default=5)
     a = p.parse_args(argv)
     by_code = collections.defaultdict(list)       # the sweeps of each Code entry, fit together
@@ -187,7 +209,7 @@ def main(argv=None) -> int:
             by_code[sweep.code].append(sweep)
     if a.fit:
         for sweeps in by_code.values():
-            fit(sweeps, a.top)
+            fit(sweeps, a.top, a.fit_choice)
     return 0
 
 

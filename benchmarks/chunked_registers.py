@@ -107,9 +107,13 @@ def report(compiled) -> str:
             body = instrs[at[int(target.group(1), 16)]:i + 1]
             loops.append(f"{len(body)} ({sum('BAR' in t for _, t in body)} BAR)")
     bars = sum("BAR" in t for _, t in instrs)
+    # tensor-core instructions: HGMMA (wgmma, sm_90's warpgroup path, M a multiple of 64 per warpgroup)
+    # or HMMA (mma.sync, what a tl.dot with fewer rows falls back to)
+    hgmma = sum(t.startswith("HGMMA") for _, t in instrs)
+    hmma = sum(t.startswith("HMMA") for _, t in instrs)
     return (f"{regs.group(1) if regs else '?':>3s} regs, {spills.group(1) if spills else '?':>4s} B spilled, "
-            f"smem {compiled.metadata.shared:6d} B, SASS {len(instrs):5d} instrs, {bars:3d} BAR; "
-            f"loop bodies: {', '.join(loops) or 'none'}")
+            f"smem {compiled.metadata.shared:6d} B, SASS {len(instrs):5d} instrs, {bars:3d} BAR, "
+            f"{hgmma} HGMMA, {hmma} HMMA; loop bodies: {', '.join(loops) or 'none'}")
 
 
 def main(argv=None) -> int:

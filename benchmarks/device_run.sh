@@ -12,9 +12,12 @@
 #   crash        crash_repro.py: the kernel points that faulted in the sweeps and their neighbours,
 #                each in a fresh process (which of BT / BV / warps / stages faults)
 #   cold         kernel_times.py: cold start (empty caches, fla autotuning) and per-kernel times of
-#                simple GLA and DeltaProduct against fla (issue #6's cold-start bar)
+#                DeltaProduct against fla (issue #6's cold-start bar; simple GLA's: session 7, 19x)
 # Without carried autotuning results a bench step takes most of a 600 s call; with them, minutes.
-#   sweep-a      tile_sweep.py: the scan, GLA (the two ops not yet swept in full under today's constraints)
+#   sweep-a      tile_sweep.py: the scan (the one op not yet swept in full under today's constraints; 62
+#                kernel points, under a minute)
+#   kt           kernel_times.py: recc's per-kernel times of gated DeltaNet, GLA and simple GLA at the
+#                solver's tiles, no anchor (one branch against another: run it on each)
 #   sweep-b      tile_sweep.py: DeltaProduct, DeltaNet (swept at BT <= 32 before the wgmma constraints)
 #   ut64         kernel_times.py: gated DeltaNet's kernels at the solver's tiles and at BT = 64 (the UT
 #                transform's cost there; run on a branch that changes it, e.g. wip-ut-registers)
@@ -55,19 +58,23 @@ for step in "$@"; do
         --jobs 4 --timeout 300 --out "$OUT/crash_memcheck.json" 2>&1 | grep -vi warn > "$OUT/crash_memcheck.log"
       [ -n "$S" ] && tail -30 "$OUT/crash_memcheck.log" ;;
     cold)
-      timeout 540 python3 benchmarks/kernel_times.py --ops simple_gla,gated_delta_product --T 4096 2>&1 \
+      timeout 540 python3 benchmarks/kernel_times.py --ops gated_delta_product --T 4096 2>&1 \
         | grep -vi warn > "$OUT/cold.log"
       tail -60 "$OUT/cold.log" ;;
     ut64)
       timeout 560 python3 benchmarks/kernel_times.py --ops gated_delta_rule --T 4096 --no-anchor \
         --tiles "gated_delta_rule:BT=64" 2>&1 | grep -vi warn > "$OUT/ut64.log"
       tail -60 "$OUT/ut64.log" ;;
+    kt)
+      timeout 300 python3 benchmarks/kernel_times.py --ops gated_delta_rule,gla,simple_gla --T 4096 --no-anchor 2>&1 \
+        | grep -vi warn > "$OUT/kt.log"
+      grep -E "=====|do_bench|kernel" "$OUT/kt.log" | head -60 ;;
     sweep-a|sweep-b)
-      ops=scan,gla
+      ops=scan
       [ "$step" = sweep-b ] && ops=delta_product,delta_net
       python3 benchmarks/tile_sweep.py --ops "$ops" --time-budget 500 --out "$OUT/$step.json" 2>&1 \
         | grep -vi warn > "$OUT/$step.log"
       tail -20 "$OUT/$step.log" ;;
-    *) echo "unknown step $step (check, bench-delta, bench-gla, bench-rest, bench-32k, crash, cold, ut64, sweep-a, sweep-b)"; exit 2 ;;
+    *) echo "unknown step $step (check, bench-delta, bench-gla, bench-rest, bench-32k, crash, cold, ut64, kt, sweep-a, sweep-b)"; exit 2 ;;
   esac
 done

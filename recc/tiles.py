@@ -105,9 +105,12 @@ CODE = {
     # chunked_norm (mLSTM: the normaliser state and max stabiliser, templates/chunked_norm.jinja): fit likewise to
     # its exhaustive sweep (200 points; results/2026-12-03-h200-sweep-s6-c.json): 1.089x (earlier: 2.096x)
     "chunked_norm": Code(cpi=0.25, move_ops=6.0, reg_comfort=160.0, warp_cycles=100.0, load_wait=8.0),
-    # chunked_key (GLA: per-key decays, sub-chunked scores and gradients): the earlier calibration, until a
-    # sweep of its kernels runs
-    "chunked_key": Code(cpi=2.0, move_ops=12.0, reg_comfort=96.0),
+    # chunked_key (GLA: per-key decays, sub-chunked scores and gradients): grid-fit (calibrate.py --fit
+    # --fit-choice: the solver's whole choice priced with the measured times) to GLA's exhaustive H200 sweep
+    # with split diagonal blocks (1287 points; results/2026-12-03-h200-s7-sweep-gla.json), with dqk's
+    # registers and shared memory as ptxas counts them: 1.083x the fastest combination (the earlier
+    # constants, cpi=2 move_ops=12 reg_comfort=96: 1.47x; without the dqk fix the best fit was 1.157x)
+    "chunked_key": Code(cpi=1.0, move_ops=12.0, reg_comfort=96.0, warp_cycles=0.0, load_wait=4.0),
     # chunked_householder (DeltaNet, gated DeltaNet, DeltaProduct): fit to the H200 sweep of DeltaNet's seven
     # kernels (benchmarks/tile_sweep.py, 1191 points at BT = 16, 32; results/2026-12-03-h200-sweep-delta_net.json),
     # with the per-warp tile bounds of templates/chunked.constraints: cpi, move_ops, warp_cycles and load_wait
@@ -632,9 +635,13 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         dv_hbm, dv_l2 = shared(2 * BT * V * 2, nk)           # do, v (every K block reads them)
         once = (2 * 2 * BT * V * KB, 2 * KB * V * 2 + dv_hbm + BT * KB * 6, 0, dv_l2, 3 * KB * V + 12 * BT * KB)
         return _kernel(hw, code, programs=nk * NT * H, warps=a["dqk_warps"], stages=a["dqk_stages"],
-                       # registers: fit to ptxas on sm_90 (BT = 64, 4 and 8 warps)
-                       elems=3 * BT * KB + 4 * BC * KB + BT * BV + KB * BV,
-                       smem=a["dqk_stages"] * (2 * BT * BV + 2 * KB * BV) * 2 + 4 * BT * KB * 2,
+                       # registers: fit to ptxas on sm_90 (BT = 64, 4 and 8 warps); the V loop's tiles are
+                       # dead by the sub-chunks' loop, which sets the peak (ptxas: the same at BV 16 - 128)
+                       elems=3 * BT * KB + 4 * BC * KB,
+                       # shared memory: ptxas on sm_90 (Triton 3.6) shows the V loop's stage buffers reused
+                       # for the sub-chunks' operands, and no second buffer when the loop runs once
+                       smem=_pipelined_smem(min(a["dqk_stages"], nv), (2 * BT * BV + 2 * KB * BV) * 2,
+                                            4 * BT * KB * 2),
                        iters=nc, loop=loop, once=once,
                        serial=(pairs + 2) * 40 + nv * 100)  # dA blocks: an L1 load each (and the span's
                                                              # max); the V blocks of the state parts

@@ -34,19 +34,35 @@ def test_solver_within_10_percent_of_the_h200_householder_sweeps(sweep_name, op)
     assert total <= 1.10 * best, (total, best, parts)
 
 
-@pytest.mark.parametrize("sweep_name, op, bar", [("sweep-s6-a", "simple_gla", 1.10), ("sweep-s6-c", "mlstm", 1.10)])
-def test_solver_within_10_percent_of_the_h200_scalar_decay_sweeps(sweep_name, op, bar):
-    """Issue #6's bar on the exhaustive H200 sweeps of simple GLA (CODE['chunked']) and mLSTM
-    (CODE['chunked_norm']), every feasible kernel point timed, none failed: the solver's kernels,
-    priced with the measured times, within 10% of the fastest measured combination (1.093x, 1.089x;
-    the constants before this fit: 1.315x, 2.096x). Fit on these sweeps (in sample)."""
+@pytest.mark.parametrize("sweep_name, op, BT", [("sweep-s6-a", "simple_gla", 64), ("sweep-s6-c", "mlstm", 64),
+                                              ("s7-sweep-gla", "gla", 32)])
+def test_solver_within_10_percent_of_the_h200_exhaustive_sweeps(sweep_name, op, BT):
+    """Issue #6's bar on the exhaustive H200 sweeps of simple GLA (CODE['chunked']), mLSTM
+    (CODE['chunked_norm']) and GLA (CODE['chunked_key'], with the split diagonal blocks), every feasible
+    kernel point timed, none failed: the solver's kernels, priced with the measured times, within 10% of
+    the fastest measured combination (1.093x, 1.089x, 1.083x; the constants before these fits: 1.315x,
+    2.096x, 1.47x; for GLA, before dqk's registers and shared memory followed ptxas, no constants of the
+    grid did better than 1.157x). Fit on these sweeps (in sample). GLA's dqk points carry the dv_BV they
+    were timed with (their dA sums dv's V blocks): the lookup matches it."""
     row = rows(sweep_name)[op]
     sweep = calibrate.Sweep(row)
-    assert row["timed"]["failed_kernel_points"] == 0 and not row["cut"]["untimed_points"]
+    assert row["timed"]["failed_kernel_points"] == 0 and not row["cut"]["untimed_points"] and row["exhaustive"]
     point, total, parts = sweep.solver_choice()
     best = sweep.fastest_sum()
-    assert point["BT"] == 64 and total is not None and not sweep.failed_in_choice()
-    assert total <= bar * best, (total, best, parts)
+    assert point["BT"] == BT and total is not None and not sweep.failed_in_choice(), parts
+    assert total <= 1.10 * best, (total, best, parts)
+
+
+def test_scan_solver_is_the_fastest_point_of_the_h200_sweep():
+    """Issue #6's bar for the scan (first_order fp32, B=4 T=4096 H=16 D=128): every feasible point timed on
+    the H200 (62 kernel points, none failed; session 8, the first full sweep since its out-of-memory fix).
+    The solver, run now with the H200 model, picks the fastest measured forward and backward points."""
+    row = rows("s8-sweep-scan")["scan"]
+    assert row["exhaustive"] and row["timed"]["failed_kernel_points"] == 0 and row["timed"]["kernel_points"] == 62
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import tile_sweep
+    op = tile_sweep.Op("scan", "cpu", tile_sweep.MAIN["scan"], model="h200")
+    assert op.solver == row["best_kernel_sum"], (op.solver, row["best_kernel_sum"])
 
 
 def test_earlier_scalar_constants_lost_a_third(monkeypatch):
@@ -73,3 +89,14 @@ def test_report_and_fit_run(capsys, monkeypatch):
     calibrate.main([str(SWEEP), "--fit", "--top", "2"])
     out = capsys.readouterr().out
     assert "grid fit of CODE['chunked_householder'] over delta_net (2 points)" in out
+
+
+def test_fit_by_the_solvers_choice(capsys, monkeypatch):
+    monkeypatch.setattr(calibrate, "GRID", {"cpi": (1.0, 2.0), "move_ops": (12.0,), "warp_cycles": (0.0,),
+                                           "load_wait": (4.0,), "reg_comfort": (96.0,)})
+    calibrate.main([str(ROOT / "benchmarks" / "results" / "2026-12-03-h200-s7-sweep-gla.json"), "--fit",
+                    "--fit-choice", "--top", "2"])
+    out = capsys.readouterr().out.splitlines()
+    head = out.index("grid fit of CODE['chunked_key'] over gla (2 points), best first:")
+    best, second = out[head + 1], out[head + 2]
+    assert "cpi=1.0" in best and "lose   8.3%" in best and "cpi=2.0" in second, out[head:]

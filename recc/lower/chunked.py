@@ -66,9 +66,15 @@ exp() is never taken of a positive number: scalar decays only appear as differen
 G_i - G_j with i >= j. Per-key decays (GLA) use secondary chunking (the GLA paper, sec. 4):
 rows in sub-chunks of BC (16 or 32); a pair of sub-chunks (i, j < i) is one tl.dot whose
 factors are both scaled against a reference row r between them, q_i exp(G_i - G_r) and
-k_j exp(G_r - G_j) (both exponents <= 0: G decreases along the chunk); a sub-chunk's own
-[BC, BC] diagonal block takes per-element exp(G_ik - G_jk), i >= j, a column or row at a
-time. No work goes above the diagonal beyond the masked half of the diagonal blocks.
+k_j exp(G_r - G_j) (both exponents <= 0: G decreases along the chunk). A sub-chunk's own
+[BC, BC] diagonal block is split the same way around its first row r (`_separable`): one
+tl.dot of q_i exp(G_i - G_r) and k_j exp(G_r - G_j), the half above the diagonal masked,
+when every |G - G_r| of the block's rows and K block stays within 60 (bf16 and fp32 operands
+reach e^88; 8 for fp16, e^11): then neither factor overflows nor underflows and each product
+is as exact as the other blocks'. Decays stronger than e^-60 over a sub-chunk take the exact
+path instead: per-element exp(G_ik - G_jk), i >= j, a column or row at a time (H200, GLA at
+the main shape: chunk_fwd_A 0.454 -> 0.130 ms, chunk_bwd_dqk 1.67 -> 1.05 ms at the same
+tiles). No work goes above the diagonal beyond the masked half of the diagonal blocks.
 `chunk_fwd_A` takes one sub-chunk's rows (r its first row; a [BC, K] x [K, BC] tl.dot per
 earlier sub-chunk, then the diagonal block, zeros above it) and stores A in the inputs'
 type, which o and dv load: A costs 2 BT bytes per step and head to store and 4 BT to read
