@@ -232,15 +232,15 @@ def test_new_members_of_the_family(compiled, spec, varlen):
 
 @pytest.fixture(scope="session")
 def compiled_64(tmp_path_factory):
-    """Householder chunks of 64 (the UT transform's inverse merged up to 64 rows)."""
+    """Householder chunks of 64: the UT transform in two halves of 32 (wy_fwd's `_wy_halves`)."""
     return _compiler(tmp_path_factory.mktemp("chunked64"), dict(TILES, BT=64, BI=8))
 
 
 @pytest.mark.parametrize("spec", ["delta_net", "gated_delta_net", "delta_product", "delta_custom", "product_custom"])
 @pytest.mark.parametrize("T, varlen", [(150, False), (90, True), (20, False)])
 def test_householder_chunks_of_64(compiled_64, spec, T, varlen):
-    """Chunks of 64 substeps against the reference (a GPU takes them only past hh_chunk_gpu, e.g. by a
-    tile override): a ragged last chunk (T = 150; DeltaProduct's 300 substeps), one short chunk, varlen."""
+    """Chunks of 64 substeps against the reference: a ragged last chunk (T = 150; DeltaProduct's 300
+    substeps), one short chunk with its second half empty (T = 20), varlen."""
     oracle_check(compiled_64, spec, T=T, varlen=varlen)
 
 
