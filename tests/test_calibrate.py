@@ -20,12 +20,15 @@ def rows(name: str) -> dict:
 @pytest.mark.parametrize("sweep_name, op", [("sweep-delta_net", "delta_net"),
                                             ("sweep-gated_delta_net", "gated_delta_net"),
                                             ("sweep-delta_product-mlstm", "delta_product"),
-                                            ("sweep-s6-a", "gated_delta_net")])
+                                            ("sweep-s6-a", "gated_delta_net"),
+                                            ("s8-sweep-gated_delta_net", "gated_delta_net")])
 def test_solver_within_10_percent_of_the_h200_householder_sweeps(sweep_name, op):
     """Issue #6's bar on the recorded H200 sweeps (every kernel point at BT = 16, 32; the later sweep of
     gated DeltaNet, sweep-s6-a, adds BT = 64, where the UT transform's kernels run 3.5x / 2x slower): the
     solver's kernels, priced with the measured times, within 10% of the fastest measured combination
-    (DeltaNet +7.7%, gated DeltaNet +8.1% / +5.9%, DeltaProduct +4.2%)."""
+    (DeltaNet +7.7%, gated DeltaNet +8.1% / +5.9%, DeltaProduct +4.2%). s8-sweep-gated_delta_net: gated
+    DeltaNet again after the UT transform's W and U went to bf16 operands, every feasible point timed
+    (680, none failed): +5.0%."""
     row = rows(sweep_name)[op]
     sweep = calibrate.Sweep(row)
     point, total, parts = sweep.solver_choice()
