@@ -157,10 +157,18 @@ def choice_ms(sweep: Sweep) -> tuple:
     return (total if total is not None else float("inf")), sweep.fastest_sum()
 
 
-def fit(sweeps: list, top: int, choice: bool = False) -> None:
+def _share(parts: list) -> float:
+    """Time lost over the fastest, summed over (lost, fastest) pairs."""
+    fastest = sum(p[1] for p in parts)
+    return sum(p[0] for p in parts) / fastest if fastest else 0.0
+
+
+def fit(sweeps: list, top: int, choice: bool = False, leave_out: bool = False) -> None:
     """Grid search of one Code entry against every sweep that uses it: the score is the time the
     model's picks lose summed over the sweeps, over their fastest kernels' sum; with `choice`, the
-    time the solver's whole choice (shared values included) loses to the fastest combination."""
+    time the solver's whole choice (shared values included) loses to the fastest combination.
+    `leave_out`: for each op, the constants fit on the other ops' sweeps alone, scored on its own
+    (how the fit does on an op it has not seen)."""
     code = sweeps[0].code
     base = rt.CODE[code]
     results = []
@@ -169,21 +177,28 @@ def fit(sweeps: list, top: int, choice: bool = False) -> None:
             rt.CODE[code] = dataclasses.replace(base, **dict(zip(GRID, values)))
             rt._rates.cache_clear()
             if choice:   # sweeps with no fully timed combination have nothing to score against
-                parts = [(t - f, f) for t, f in map(choice_ms, sweeps) if f is not None]
+                parts = [(t - f, f) if f is not None else None for t, f in map(choice_ms, sweeps)]
             else:
                 parts = [s.excess_ms() for s in sweeps]
-            lost, fastest = sum(p[0] for p in parts), sum(p[1] for p in parts)
-            results.append((lost / fastest if fastest else 0.0, [p[0] / p[1] if p[1] else 0.0 for p in parts],
-                            dict(zip(GRID, values))))
+            results.append((parts, dict(zip(GRID, values))))
     finally:
         rt.CODE[code] = base
         rt._rates.cache_clear()
-    results.sort(key=lambda r: r[0])
+    score = lambda r, keep=lambda i: True: _share([p for i, p in enumerate(r[0]) if p is not None and keep(i)])
+    each = lambda r: " ".join(f"{100 * p[0] / p[1]:.1f}%" if p else "-" for p in r[0])
+    results.sort(key=score)
     ops = ", ".join(s.op for s in sweeps)
     print(f"grid fit of CODE[{code!r}] over {ops} ({len(results)} points), best first:")
-    for share, each, values in results[:top]:
-        print(f"  lose {100 * share:5.1f}% ({' '.join(f'{100 * e:.1f}%' for e in each)})  "
-              + " ".join(f"{k}={v}" for k, v in values.items()))
+    for r in results[:top]:
+        print(f"  lose {100 * score(r):5.1f}% ({each(r)})  " + " ".join(f"{k}={v}" for k, v in r[1].items()))
+    for op in dict.fromkeys(s.op for s in sweeps) if leave_out else ():
+        mine = {i for i, s in enumerate(sweeps) if s.op == op}
+        if len(mine) == len(sweeps):
+            continue
+        r = min(results, key=lambda r: score(r, lambda i: i not in mine))
+        print(f"  {op} left out: fit on the others loses {100 * score(r, lambda i: i not in mine):.1f}% there, "
+              f"{100 * score(r, lambda i: i in mine):.1f}% on {op} ({each(r)})  "
+              + " ".join(f"{k}={v}" for k, v in r[1].items()))
 
 
 def main(argv=None) -> int:
@@ -193,6 +208,8 @@ def main(argv=None) -> int:
     p.add_argument("--fit-choice", action="store_true",
                    help="with --fit: score the solver's whole choice (shared values too) priced with the "
                         "measured times, not each kernel's pick at each shared point")
+    p.add_argument("--leave-out", action="store_true",
+                   help="with --fit: also fit without each op's sweeps and score the fit on them")
     p.add_argument("--top", type=int, default=5)
     a = p.parse_args(argv)
     by_code = collections.defaultdict(list)       # the sweeps of each Code entry, fit together
@@ -209,7 +226,7 @@ def main(argv=None) -> int:
             by_code[sweep.code].append(sweep)
     if a.fit:
         for sweeps in by_code.values():
-            fit(sweeps, a.top, a.fit_choice)
+            fit(sweeps, a.top, a.fit_choice, a.leave_out)
     return 0
 
 

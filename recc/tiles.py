@@ -111,12 +111,15 @@ CODE = {
     # registers and shared memory as ptxas counts them: 1.083x the fastest combination (the earlier
     # constants, cpi=2 move_ops=12 reg_comfort=96: 1.47x; without the dqk fix the best fit was 1.157x)
     "chunked_key": Code(cpi=1.0, move_ops=12.0, reg_comfort=96.0, warp_cycles=0.0, load_wait=4.0),
-    # chunked_householder (DeltaNet, gated DeltaNet, DeltaProduct): fit to the H200 sweep of DeltaNet's seven
-    # kernels (benchmarks/tile_sweep.py, 1191 points at BT = 16, 32; results/2026-12-03-h200-sweep-delta_net.json),
-    # with the per-warp tile bounds of templates/chunked.constraints: cpi, move_ops, warp_cycles and load_wait
-    # chosen on a grid (benchmarks/calibrate.py --fit) to minimise the time the model's pick per kernel (at each
-    # BT = 32 shared point) loses to the measured best: 15% -> 3%
-    "chunked_householder": Code(cpi=0.25, move_ops=6.0, reg_comfort=96.0, warp_cycles=200.0, load_wait=8.0),
+    # chunked_householder (DeltaNet, gated DeltaNet, DeltaProduct): grid-fit (calibrate.py --fit --fit-choice)
+    # to the five exhaustive H200 sweeps of the family (results/2026-12-03-h200-{sweep-delta_net,
+    # sweep-gated_delta_net, sweep-delta_product-mlstm, sweep-s6-a, s8-sweep-gated_delta_net}.json; the last
+    # one of today's UT transform): the solver's choice, priced with the measured times, 1.092 / 1.038 /
+    # 1.027 / 1.022 / 1.014x the fastest combination (the constants before, cpi=0.25 move_ops=6
+    # warp_cycles=200 load_wait=8 reg_comfort=96, fit to DeltaNet's sweep alone: 1.077 / 1.081 / 1.042 /
+    # 1.059 / 1.050x; they put chunk_fwd_o at BT 32 on 4 warps, 195 us against 2 warps' 150). Fit on each
+    # op's sweeps left out: DeltaNet 1.092x, DeltaProduct 1.027x, gated DeltaNet 1.098 / 1.144 / 1.135x.
+    "chunked_householder": Code(cpi=0.25, move_ops=3.0, reg_comfort=160.0, warp_cycles=0.0, load_wait=4.0),
 }
 
 

@@ -217,15 +217,17 @@ def test_chunked_scalar_decays_on_gpus(spec):
 
 
 HOUSEHOLDER_H200 = {"BT": 32, "BI": 8, "BKS": 64, "wy_BV": 128, "wy_warps": 4, "wy_stages": 3, "h_BV": 64,
-                    "h_warps": 4, "h_stages": 3, "o_BV": 128, "o_warps": 4, "o_stages": 3, "dv_BV": 64,
-                    "dv_warps": 2, "dv_stages": 2, "dh_BV": 32, "dh_warps": 8, "dh_stages": 3, "dqk_BV": 32,
-                    "dqk_warps": 2, "dqk_stages": 3, "wyb_BV": 64, "wyb_warps": 2, "wyb_stages": 3}
+                    "h_warps": 8, "h_stages": 3, "o_BV": 128, "o_warps": 2, "o_stages": 2, "dv_BV": 64,
+                    "dv_warps": 2, "dv_stages": 2, "dh_BV": 64, "dh_warps": 8, "dh_stages": 3, "dqk_BV": 32,
+                    "dqk_warps": 2, "dqk_stages": 3, "wyb_BV": 32, "wyb_warps": 2, "wyb_stages": 3}
 
 
 def test_h200_chunked_householder_against_the_sweep():
     """tile_sweep.py --ops delta_net on an H200 (results/2026-12-03-h200-sweep-delta_net.json): every
     point of all seven kernels at BT = 16, 32 timed; the fastest kernels sum to 1.447 ms, these (the
-    solver's) to 1.559 (+8%), the solver's choice before the recalibration to 3.116. The gated DeltaNet
+    solver's, CODE['chunked_householder'] fit to the family's five sweeps) to 1.580 (+9.2%; fit to this
+    sweep alone +7.7%, but 4 warps in o at BT 32, 195 us where 2 take 150 in gated DeltaNet's sweeps),
+    the solver's choice before the first calibration to 3.116. The gated DeltaNet
     sweep with BT = 64 feasible (sweep-s6-a) found 32 fastest too: the UT transform's kernels (wy, wyb)
     run 3.5x / 2x slower at 64, more than the state passes gain."""
     dims, shape = main_shape("delta_net", "chunked", K=128, V=128)
