@@ -98,10 +98,11 @@ CODE = {
     "scan": Code(cpi=1.0, move_ops=4.0, iteration=150.0),
     # chunked kernels with scalar decays (simple GLA, RetNet, Mamba2): fit to the exhaustive H200 sweep of simple
     # GLA's five kernels (benchmarks/tile_sweep.py, 300 points at BT = 64, 128; results/2026-12-03-h200-sweep-
-    # s6-a.json) on a grid (benchmarks/calibrate.py; cpi, move_ops, warp_cycles, load_wait, reg_comfort): the
-    # solver's kernels, priced with the measured times, 1.093x the fastest combination (the earlier constants,
-    # cpi=2 move_ops=12 reg_comfort=96: 1.315x, 8 warps on [128, 32] state tiles)
-    "chunked": Code(cpi=0.5, move_ops=12.0, reg_comfort=160.0, warp_cycles=200.0, load_wait=8.0),
+    # s6-a.json) on a grid (benchmarks/calibrate.py --fit --fit-choice; cpi, move_ops, warp_cycles, load_wait,
+    # reg_comfort): the solver's kernels, priced with the measured times, 1.051x the fastest combination (fit
+    # by each kernel's pick instead, cpi=0.5 move_ops=12: 1.093x, dqk on V blocks of 32, 290 us, where 64
+    # took 257; the constants before any fit, cpi=2 move_ops=12 reg_comfort=96: 1.315x)
+    "chunked": Code(cpi=0.25, move_ops=3.0, reg_comfort=160.0, warp_cycles=200.0, load_wait=8.0),
     # chunked_norm (mLSTM: the normaliser state and max stabiliser, templates/chunked_norm.jinja): fit likewise to
     # its exhaustive sweep (200 points; results/2026-12-03-h200-sweep-s6-c.json): 1.089x (earlier: 2.096x)
     "chunked_norm": Code(cpi=0.25, move_ops=6.0, reg_comfort=160.0, warp_cycles=100.0, load_wait=8.0),

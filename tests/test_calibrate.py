@@ -44,7 +44,7 @@ def test_solver_within_10_percent_of_the_h200_exhaustive_sweeps(sweep_name, op, 
     """Issue #6's bar on the exhaustive H200 sweeps of simple GLA (CODE['chunked']), mLSTM
     (CODE['chunked_norm']) and GLA (CODE['chunked_key'], with the split diagonal blocks), every feasible
     kernel point timed, none failed: the solver's kernels, priced with the measured times, within 10% of
-    the fastest measured combination (1.093x, 1.089x, 1.083x; the constants before these fits: 1.315x,
+    the fastest measured combination (1.051x, 1.089x, 1.083x; the constants before these fits: 1.315x,
     2.096x, 1.47x; for GLA, before dqk's registers and shared memory followed ptxas, no constants of the
     grid did better than 1.157x). Fit on these sweeps (in sample). GLA's dqk points carry the dv_BV they
     were timed with (their dA sums dv's V blocks): the lookup matches it."""
