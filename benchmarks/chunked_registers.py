@@ -69,7 +69,7 @@ def constexprs(fn, kernel: str, dims: dict, tiles: dict, BT: int, NS: int) -> di
     return {name: values[name] for name in fn.arg_names if name in values}
 
 
-def compile_kernel(fn, consts: dict, warps: int, stages: int):
+def compile_kernel(fn, consts: dict, warps: int, stages: int, maxnreg: int | None = None):
     signature, values = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:
@@ -84,7 +84,8 @@ def compile_kernel(fn, consts: dict, warps: int, stages: int):
             signature[name] = "*fp32" if name in FP32 else "*bf16"
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in signature.items() if t.startswith("*")}
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=values, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    options = {"num_warps": warps, "num_stages": stages} | ({"maxnreg": maxnreg} if maxnreg else {})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def report(compiled) -> str:
@@ -124,6 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--BT", type=int, nargs="+", default=[32])
     p.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--stages", type=int, default=2)
+    p.add_argument("--maxnreg", type=int, default=None,
+                   help="cap the registers a thread (Triton's maxnreg option; ptxas spills past it)")
     p.add_argument("--tiles", default="{}", help="the host code's names: BI, BKS, BC, <kernel>_BV")
     args = p.parse_args(argv)
     rec, module = module_of(args.spec)
@@ -137,7 +140,7 @@ def main(argv=None) -> int:
                 shown = " ".join(f"{k}={v}" for k, v in consts.items() if k not in ("H", "K", "V", "NS")
                                  and not k.startswith("HAS_"))
                 try:
-                    text = report(compile_kernel(fn, consts, warps, args.stages))
+                    text = report(compile_kernel(fn, consts, warps, args.stages, args.maxnreg))
                 except Exception as error:  # noqa: BLE001 - a point that does not compile is reported
                     text = f"does not compile: {type(error).__name__}: {str(error).splitlines()[0][:100]}"
                 print(f"{rec.name} {kernel:8s} {shown} warps={warps}: {text}", flush=True)
