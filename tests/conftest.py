@@ -16,8 +16,10 @@ import pytest
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # must be set before triton is imported
 
-# Keywords every launch may pass that are not kernel parameters.
-_LAUNCH_OPTIONS = {"num_warps", "num_stages", "num_ctas", "maxnreg", "enable_fp_fusion", "launch_cooperative_grid"}
+# Keywords every launch may pass that are not kernel parameters (compile options of Triton's CUDA
+# backend, 3.6 and 3.9 alike).
+_LAUNCH_OPTIONS = {"num_warps", "num_stages", "num_ctas", "maxnreg", "enable_fp_fusion", "launch_cooperative_grid",
+                   "default_dot_input_precision"}
 
 
 def _strict_interpreter():

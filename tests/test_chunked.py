@@ -224,6 +224,43 @@ def test_bf16(compiled, spec):
     oracle_check(compiled, spec, T=40, dtype=torch.bfloat16, tol=2e-2)
 
 
+class _LaunchSpy:
+    """Stands in for a generated module's kernel: records each launch's dot precision option."""
+
+    def __init__(self, kernel, seen):
+        self.kernel, self.seen = kernel, seen
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.seen.append(kwargs.get("default_dot_input_precision"))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+_NO_DOTS = ("_cumsum_kernel", "_bwd_rows_kernel")   # the gates' cumsum, mLSTM's per-row backward
+
+
+@pytest.mark.parametrize("spec", ["gla", "mlstm", "gated_delta_net"])
+@pytest.mark.parametrize("dtype, allow, want", [(torch.float32, False, "tf32x3"), (torch.float32, True, "tf32"),
+                                                (torch.bfloat16, False, None)])
+def test_fp32_dots_follow_torchs_tf32_flag(compiled, monkeypatch, spec, dtype, allow, want):
+    """fp32 inputs: every kernel launched, forward and backward, with tl.dot's precision as
+    torch.backends.cuda.matmul.allow_tf32 says (tf32, else tf32x3: fp32 accuracy), as the cell strategy
+    does; 16-bit inputs: no option (their operands are 16-bit). The interpreter computes in fp32 either
+    way: what this checks is the option each launch gets."""
+    _, module = compiled(spec)
+    seen = []
+    for name in [n for n in vars(module) if n.startswith(spec) and n.endswith("_kernel") and not n.endswith(_NO_DOTS)]:
+        monkeypatch.setattr(module, name, _LaunchSpy(getattr(module, name), seen))
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    try:
+        oracle_check(compiled, spec, T=40, dtype=dtype, tol=1e-4 if dtype == torch.float32 else 2e-2)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert len(seen) >= 5 and set(seen) == {want}, seen
+
+
 @pytest.mark.parametrize("spec", sorted(INLINE))
 @pytest.mark.parametrize("varlen", [False, True])
 def test_new_members_of_the_family(compiled, spec, varlen):
