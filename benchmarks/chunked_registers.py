@@ -69,7 +69,8 @@ def constexprs(fn, kernel: str, dims: dict, tiles: dict, BT: int, NS: int) -> di
     return {name: values[name] for name in fn.arg_names if name in values}
 
 
-def compile_kernel(fn, consts: dict, warps: int, stages: int, maxnreg: int | None = None):
+def compile_kernel(fn, consts: dict, warps: int, stages: int, maxnreg: int | None = None, dtype: str = "bf16",
+                   precision: str | None = None):
     signature, values = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:
@@ -81,10 +82,11 @@ def compile_kernel(fn, consts: dict, warps: int, stages: int, maxnreg: int | Non
         elif name in ("scale",):
             signature[name] = "fp32"
         else:
-            signature[name] = "*fp32" if name in FP32 else "*bf16"
+            signature[name] = "*fp32" if name in FP32 else f"*{dtype}"
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in signature.items() if t.startswith("*")}
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=values, attrs=attrs)
     options = {"num_warps": warps, "num_stages": stages} | ({"maxnreg": maxnreg} if maxnreg else {})
+    options |= {"default_dot_input_precision": precision} if precision else {}
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
@@ -125,6 +127,9 @@ def main(argv=None) -> int:
     p.add_argument("--BT", type=int, nargs="+", default=[32])
     p.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--stages", type=int, default=2)
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="the inputs' type")
+    p.add_argument("--precision", choices=("tf32", "tf32x3", "ieee"), default=None,
+                   help="tl.dot's default input precision (the host code's for fp32 inputs: tf32 or tf32x3)")
     p.add_argument("--maxnreg", type=int, default=None,
                    help="cap the registers a thread (Triton's maxnreg option; ptxas spills past it)")
     p.add_argument("--tiles", default="{}", help="the host code's names: BI, BKS, BC, <kernel>_BV")
@@ -140,7 +145,7 @@ def main(argv=None) -> int:
                 shown = " ".join(f"{k}={v}" for k, v in consts.items() if k not in ("H", "K", "V", "NS")
                                  and not k.startswith("HAS_"))
                 try:
-                    text = report(compile_kernel(fn, consts, warps, args.stages, args.maxnreg))
+                    text = report(compile_kernel(fn, consts, warps, args.stages, args.maxnreg, args.dtype, args.precision))
                 except Exception as error:  # noqa: BLE001 - a point that does not compile is reported
                     text = f"does not compile: {type(error).__name__}: {str(error).splitlines()[0][:100]}"
                 print(f"{rec.name} {kernel:8s} {shown} warps={warps}: {text}", flush=True)
