@@ -487,7 +487,7 @@ def chunked_consts(d: dict, s: dict, hw: Hardware) -> dict:
     key = int(s["per_key"])
     return {"K": d["K"], "V": d["V"], "KP": max(16, _pow2(d["K"])), "VP": max(16, _pow2(d["V"])),
             "NS": s["substeps"], "HH": int(s["householder"]), "KEY": key, "NORM": int(s["normaliser"]),
-            "TP": max(16, _pow2(d["T"])), **_limits(hw)}
+            "EB": int(s["elem_bytes"]), "TP": max(16, _pow2(d["T"])), **_limits(hw)}
 
 
 def chunked_kernels(s: dict) -> tuple:
@@ -512,7 +512,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
     [BT, BT] tl.dot's, one step latency each)."""
     B, H, T = d["B"], d["H"], d["T"]
     K, V, KP, NS = d["K"], d["V"], c["KP"], c["NS"]
-    HH, KEY = c["HH"], c["KEY"]
+    HH, KEY, EB = c["HH"], c["KEY"], c["EB"]   # EB: bytes of an element of the kernels' type
     gated = int(s["gated"])
     code = CODE[chunked_code(HH, KEY, c["NORM"])]
 
@@ -540,7 +540,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         loop = ((pairs + 1) * 2 * BC * BC * KB, BC * KB * 8, 0, pairs * BC * KB * 12 + BC * KB * 2,
                 (pairs + 1) * 6 * BC * KB + 4 * BC * KB)
         return _kernel(hw, code, programs=nc * NT * H, warps=a["a_warps"], stages=a["a_stages"],
-                       elems=BC * BC + 6 * BC * KB, smem=a["a_stages"] * BC * KB * 8,
+                       elems=BC * BC + 6 * BC * KB, smem=a["a_stages"] * BC * KB * (2 * EB + 4),
                        iters=cd(K, KB), loop=loop, once=(0, 0, BC * BT * 2, 0, BC * BT),
                        serial=(pairs + 1) * 40)          # the span's max: shuffles across lanes
 
@@ -559,7 +559,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         loop = (2 * BT * BT * BV, BT * BV * 2, BT * BV * 2, 0, 3 * BT * BV)
         return _kernel(hw, code, programs=NT * H, warps=a["wy_warps"], stages=a["wy_stages"],
                        elems=4 * BT * BT + BT * BI + 2 * BT * KP + 2 * BT * BV,
-                       smem=a["wy_stages"] * BT * BV * 4 + BT * BT * 4 + BT * KP * 2,
+                       smem=a["wy_stages"] * BT * BV * 4 + BT * BT * 4 + BT * KP * EB,
                        iters=cd(V, BV), loop=loop, once=once, extra=chain)
 
     def h(a):
@@ -571,7 +571,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                 2 * KP * BV + (2 + 3 * gated) * BT * BV + KEY * 4 * KP * BT + HH * 2 * BT * BV)
         return _kernel(hw, code, programs=B * H * nv, warps=a["h_warps"], stages=a["h_stages"],
                        elems=KP * BV + BT * BV + KP * BT // 2 + HH * (BT * KP // 2 + BT * BV) + KEY * KP * BT,
-                       smem=a["h_stages"] * (KP * BT + BT * BV + HH * BT * KP) * 2 + KP * BV * 2,
+                       smem=a["h_stages"] * (KP * BT + BT * BV + HH * BT * KP) * EB + KP * BV * EB,
                        iters=NC, loop=loop, once=(0, KP * BV * 4, KP * BV * 4, 0, 2 * KP * BV))
 
     def dh(a):
@@ -585,7 +585,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                 2 * KP * BV + 4 * KP * BTT + KEY * 4 * KP * BTT + HH * (3 * BT * BV + 2 * BT * KP))
         return _kernel(hw, code, programs=B * H * nv, warps=a["dh_warps"], stages=a["dh_stages"],
                        elems=KP * BV + (KP * BTT + BTT * BV) // 2 + HH * (BT * KP + BT * BV) + KEY * KP * BT,
-                       smem=a["dh_stages"] * (KP * BTT + BTT * BV + HH * 2 * BT * KP) * 2 + KP * BV * 2,
+                       smem=a["dh_stages"] * (KP * BTT + BTT * BV + HH * 2 * BT * KP) * EB + KP * BV * EB,
                        iters=NC, loop=loop, once=(0, KP * BV * 4, KP * BV * 4, 0, 2 * KP * BV))
 
     def o(a):
@@ -600,7 +600,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         once = (2 * BTT * BT * BV, BT * BV * 2 + a_hbm, BTT * BV * 2, a_l2, BTT * BT * 6 + BTT * BV * 4)
         return _kernel(hw, code, programs=nv * NT * H, warps=a["o_warps"], stages=a["o_stages"],
                        elems=BTT * BV + BT * BT + (BTT * KB + BT * KB + KB * BV + BT * BV) // 2 + KEY * BTT * KB,
-                       smem=_pipelined_smem(a["o_stages"], (BTT * KB + BT * KB + KB * BV) * 2, (BT * BT + BT * BV) * 2),
+                       smem=_pipelined_smem(a["o_stages"], (BTT * KB + BT * KB + KB * BV) * EB, (BT * BT + BT * BV) * EB),
                        iters=cd(K, KB), loop=(flops, hbm + KB * BV * 2, 0, l2, ops), once=once)
 
     def dv(a):
@@ -619,7 +619,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
         return _kernel(hw, code, programs=nv * NT * H, warps=a["dv_warps"], stages=a["dv_stages"],
                        elems=BT * BTT + 2 * BT * BV + (2 * BT * KB + KB * BV + BT * BV) // 2
                        + KEY * (BT * KB + BT * BT),
-                       smem=_pipelined_smem(a["dv_stages"], (2 * BT * KB + KB * BV) * 2, (BT * BT + BT * BV) * 2),
+                       smem=_pipelined_smem(a["dv_stages"], (2 * BT * KB + KB * BV) * EB, (BT * BT + BT * BV) * EB),
                        iters=cd(K, KB), loop=(flops, hbm + plain * KB * BV * 2, 0, l2, ops), once=once)
 
     def dqk_key(a):
@@ -644,8 +644,8 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                        elems=3 * BT * KB + 4 * BC * KB,
                        # shared memory: ptxas on sm_90 (Triton 3.6) shows the V loop's stage buffers reused
                        # for the sub-chunks' operands, and no second buffer when the loop runs once
-                       smem=_pipelined_smem(min(a["dqk_stages"], nv), (2 * BT * BV + 2 * KB * BV) * 2,
-                                            4 * BT * KB * 2),
+                       smem=_pipelined_smem(min(a["dqk_stages"], nv), (2 * BT * BV + 2 * KB * BV) * EB,
+                                            4 * BT * KB * EB),
                        iters=nc, loop=loop, once=once,
                        serial=(pairs + 2) * 40 + nv * 100)  # dA blocks: an L1 load each (and the span's
                                                              # max); the V blocks of the state parts
@@ -662,8 +662,8 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                 BTT * BT * 6 + 4 * BT * KB)
         return _kernel(hw, code, programs=nk * NT * H, warps=a["dqk_warps"], stages=a["dqk_stages"],
                        elems=2 * BT * KB + BT * BT + HH * (BT * KB + BT * BV) + (2 * BT * BV + 2 * KB * BV) // 2,
-                       smem=_pipelined_smem(a["dqk_stages"], (2 * BT * BV + 2 * KB * BV + HH * 2 * BT * BV) * 2,
-                                            (BT * BT + BT * KB) * 2),
+                       smem=_pipelined_smem(a["dqk_stages"], (2 * BT * BV + 2 * KB * BV + HH * 2 * BT * BV) * EB,
+                                            (BT * BT + BT * KB) * EB),
                        iters=cd(V, BV), loop=loop, once=once)
 
     def wyb(a):
@@ -676,7 +676,7 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                 8 * BT * BT + 4 * BT * K)
         return _kernel(hw, code, programs=NT * H, warps=a["wyb_warps"], stages=a["wyb_stages"],
                        elems=4 * BT * BT + 3 * BT * BV + BT * KB,
-                       smem=a["wyb_stages"] * BT * BV * 6 + BT * BT * 4 + BT * KB * 2,
+                       smem=a["wyb_stages"] * BT * BV * (2 * EB + 2) + BT * BT * 4 + BT * KB * EB,
                        iters=cd(V, BV), loop=loop, once=once)
 
     kernels = {"wy": (wy, ("BT", "BI")), "a": (a, ("BT", "BKS", "BC")), "h": (h, ("BT",)), "o": (o, ("BT", "BKS")),
@@ -706,7 +706,8 @@ FAMILIES = {
     "scan": Family("scan", ("D",), {"elements": 2, "loads": 2, "states": 1, "outputs": 1}, scan_consts, scan_terms,
                    "forward + backward"),
     "chunked": Family("chunked", ("K", "V"),
-                      {"substeps": 1, "householder": False, "gated": True, "per_key": False, "normaliser": False},
+                      {"substeps": 1, "householder": False, "gated": True, "per_key": False, "normaliser": False,
+                       "elem_bytes": 2},
                       chunked_consts, chunked_terms, "forward + backward"),
 }
 

@@ -520,12 +520,32 @@ def test_the_chunked_host_code_launches_the_solvers_tiles(tmp_path, monkeypatch)
     outputs, finals, saved = module._forward(call)
     family, dims, device, key, shape = spy.calls[0]
     assert (family, dims, device, key) == ("chunked", {"B": 1, "T": 32, "H": 2, "K": 16, "V": 16}, "cpu", spec_key(rec))
-    assert shape == families_of(rec)["chunked"][1]
+    assert shape == dict(families_of(rec)["chunked"][1], elem_bytes=4)   # fp32 inputs: 4-byte tiles
     chosen = choose_tiles("chunked", dims, INTERPRETER, **shape).assignment
     assert module._launch(call) == chosen and {"wy_BV", "wyb_BV", "BI"} <= set(chosen)
     module._TILES.update(BT=32, dqk_warps=2)                  # reaches the next call (a call keeps its tiles)
     assert module._launch(bind(rec, tuple(args), {})) == {**chosen, "BT": 32, "dqk_warps": 2}
     module._TILES.clear()
+    module._launch(bind(rec, tuple(a.to(torch.bfloat16) for a in args), {}))
+    assert spy.calls[-1][4] == dict(families_of(rec)["chunked"][1], elem_bytes=2)   # bf16: 2-byte tiles
+
+
+def test_fp32_inputs_get_tiles_that_fit_shared_memory():
+    """The chunked kernels stage their tl.dot operands in the kernels' type: fp32 inputs take twice
+    bf16's shared memory for the same tiles (chunked_registers.py --dtype fp32 at the H200's bf16
+    tiles: up to 231,432 B of the 232,448 a block may have, mLSTM's fwd_h). The solver counts the
+    element size (EB in templates/chunked.constraints): with it, the fp32 tiles' shared memory as the
+    constraints count it fits; at bf16's tiles it would not, for some spec."""
+    over = []
+    for spec in ("simple_gla", "gla", "delta_net", "gated_delta_net", "delta_product", "mlstm"):
+        for hw in (H200, H100_PRESET):
+            dims, shape = main_shape(spec, "chunked", K=128, V=128)
+            fp32 = choose_tiles("chunked", dims, hw, **shape, elem_bytes=4)
+            problem = fp32.problem
+            assert all(c.holds(fp32.assignment) for c in problem.constraints if c.label.endswith("_smem"))
+            bf16 = choose_tiles("chunked", dims, hw, **shape).assignment
+            over += [(spec, c.label) for c in problem.constraints if c.label.endswith("_smem") and not c.holds(bf16)]
+    assert over, "bf16's tiles fit every fp32 shared-memory bound: the test shows nothing"
 
 
 def test_the_cell_host_code_launches_the_solvers_tiles(monkeypatch):
