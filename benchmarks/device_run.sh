@@ -5,6 +5,7 @@
 #   bash benchmarks/device_run.sh STEP [STEP ...]
 #
 #   check        chunked_gpu_check.py: every chunked spec against float64 (batch and varlen), recc timings
+#   check-fp32   the same checks on fp32 inputs (tl.dot in tf32x3, torch's default; the EB = 4 tiles)
 #   bench-delta  bench.py: DeltaNet, gated DeltaNet, DeltaProduct against fla, T = 1K, 4K, 8K, 32K
 #   bench-gla    bench.py: GLA against fla, same T (fla's first autotuning of GLA alone took 253 s)
 #   bench-rest   bench.py: simple GLA against fla, mLSTM against mlstm_kernels, same T
@@ -38,6 +39,10 @@ for step in "$@"; do
     check)
       timeout 170 python3 benchmarks/chunked_gpu_check.py --no-anchor --rep 30 2>&1 | grep -vi warn > "$OUT/check.log"
       tail -25 "$OUT/check.log" ;;
+    check-fp32)
+      timeout 200 python3 benchmarks/chunked_gpu_check.py --no-anchor --rep 10 --T 1024 --dtype fp32 2>&1 \
+        | grep -vi warn > "$OUT/check-fp32.log"
+      tail -25 "$OUT/check-fp32.log" ;;
     bench-delta|bench-gla|bench-rest|bench-32k)
       ops=delta_rule,gated_delta_rule,gated_delta_product; limit=190; T=$Ts
       [ "$step" = bench-gla ] && ops=gla && limit=540
@@ -75,6 +80,6 @@ for step in "$@"; do
       python3 benchmarks/tile_sweep.py --ops "$ops" --time-budget 500 --out "$OUT/$step.json" 2>&1 \
         | grep -vi warn > "$OUT/$step.log"
       tail -20 "$OUT/$step.log" ;;
-    *) echo "unknown step $step (check, bench-delta, bench-gla, bench-rest, bench-32k, crash, cold, ut64, kt, sweep-a, sweep-b)"; exit 2 ;;
+    *) echo "unknown step $step (check, check-fp32, bench-delta, bench-gla, bench-rest, bench-32k, crash, cold, ut64, kt, sweep-a, sweep-b)"; exit 2 ;;
   esac
 done

@@ -39,3 +39,14 @@ def test_autotune_results_round_trip_through_one_file(tmp_path):
     assert not (other.parent / "evil.autotune.json").exists()
     assert sorted(p.name for p in other.rglob("*")) == ["abc123", "chunk_fwd_kernel_o.autotune.json"]
     assert bench.load_autotune(tmp_path / "missing.tar", other) == 0
+
+
+def test_chunked_gpu_check_smoke_on_fp32_inputs():
+    """chunked_gpu_check.py --smoke --dtype fp32 (the interpreter, tiny shapes): its checks run on fp32
+    inputs and pass at fp32's tolerance (1e-3)."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "chunked_gpu_check.py"), "--smoke",
+           "--families", "gated_delta_net", "--dtype", "fp32"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("check gated_delta_net")]
+    assert len(lines) == 2 and all(" float32 " in line and " PASS " in line for line in lines), done.stdout
