@@ -22,6 +22,9 @@
 #   sweep-b      tile_sweep.py: DeltaProduct, DeltaNet (swept at BT <= 32 before the wgmma constraints)
 #   ut64         kernel_times.py: gated DeltaNet's kernels at the solver's tiles and at BT = 64 (the UT
 #                transform's cost there; run on a branch that changes it, e.g. wip-ut-registers)
+#   ut-variants  kernel_times.py: gated DeltaNet at BT = 64 with the inverse's diagonal blocks of 8 and 16,
+#                and at 32 with 16 (on main: the halves at 64; on wip-ut64: block rows at BI 16, the
+#                lighter chunk_bwd_wy), the solver's tiles first
 #
 # Carry [".whl", ".probe"] (the anchors' wheels from ../shared/tools/anchor-wheels.sh; fla's autotuning
 # results from an earlier call, .probe/autotune.tar, when there is one) and keep the returned
@@ -70,6 +73,11 @@ for step in "$@"; do
       timeout 560 python3 benchmarks/kernel_times.py --ops gated_delta_rule --T 4096 --no-anchor \
         --tiles "gated_delta_rule:BT=64" 2>&1 | grep -vi warn > "$OUT/ut64.log"
       tail -60 "$OUT/ut64.log" ;;
+    ut-variants)
+      timeout 400 python3 benchmarks/kernel_times.py --ops gated_delta_rule --T 4096 --no-anchor \
+        --tiles "gated_delta_rule:BT=64,BI=8;gated_delta_rule:BT=64,BI=16;gated_delta_rule:BT=32,BI=16" 2>&1 \
+        | grep -vi warn > "$OUT/ut-variants.log"
+      grep -E "=====|do_bench|wy_|bwd_wy" "$OUT/ut-variants.log" | head -60 ;;
     kt)
       timeout 300 python3 benchmarks/kernel_times.py --ops gated_delta_rule,gla,simple_gla --T 4096 --no-anchor 2>&1 \
         | grep -vi warn > "$OUT/kt.log"
@@ -80,6 +88,6 @@ for step in "$@"; do
       python3 benchmarks/tile_sweep.py --ops "$ops" --time-budget 500 --out "$OUT/$step.json" 2>&1 \
         | grep -vi warn > "$OUT/$step.log"
       tail -20 "$OUT/$step.log" ;;
-    *) echo "unknown step $step (check, check-fp32, bench-delta, bench-gla, bench-rest, bench-32k, crash, cold, ut64, kt, sweep-a, sweep-b)"; exit 2 ;;
+    *) echo "unknown step $step (check, check-fp32, bench-delta, bench-gla, bench-rest, bench-32k, crash, cold, ut64, ut-variants, kt, sweep-a, sweep-b)"; exit 2 ;;
   esac
 done
