@@ -304,7 +304,7 @@ def rel_err(x, ref) -> float:
 
 def check_small(case: Case, device) -> tuple:
     """(ok, worst error, what): recc on the GPU vs the float64 CPU reference, small shape,
-    outputs and gradients of every input and param."""
+    outputs (with and without gradient) and gradients of every input and param."""
     import recc
     op = recc_op(case)
     rec = recc.load_spec(ROOT / "specs" / f"{case.spec}.rec")
@@ -317,6 +317,8 @@ def check_small(case: Case, device) -> tuple:
     out.backward(dy.to(device=out.device, dtype=out.dtype))
     ref.backward(dy)
     errors = {"out": rel_err(out, ref)}
+    with torch.no_grad():   # a call without gradient: its own plan (chunked: the fused state pass)
+        errors["out_nograd"] = rel_err(first_output(op(*args)), ref)
     for d, x, r in zip(rec.inputs + rec.params, leaves, ref_leaves):
         errors["d" + d.name] = rel_err(x.grad if x.grad is not None else torch.zeros_like(x),
                                        r.grad if r.grad is not None else torch.zeros_like(r))
@@ -335,6 +337,8 @@ def check_against_anchor(case: Case, op, args, anchor: AnchorRun) -> tuple:
     out = first_output(op(*leaves))
     ref = anchor.to_recc(anchor.fn())
     errors = {"out": rel_err(out, ref)}
+    with torch.no_grad():
+        errors["out_nograd"] = rel_err(first_output(op(*args)), ref)
     if case.compare_grads:
         dy = torch.randn_like(out)
         out.backward(dy)

@@ -176,6 +176,11 @@ def check(spec, rec, module, varlen: bool, dtype=torch.bfloat16):
     d_in, d_par, d_init = module._backward(call, saved, {out: do.to(DEVICE, dtype)},
                                            {s.name: d.float().to(DEVICE) for s, d in zip(rec.states, ds)})
     errs = errors_against(rec, (outputs, finals, d_in, d_par, d_init), (o_ref, s_ref, leaves, init_leaves))
+    # a call that needs no gradient: its own plan and kernels (chunk_fwd_ho)
+    call = bind(rec, tuple(args), dict(kw, initial_state=pack(tuple(t.to(DEVICE) for t in init))))
+    outputs, finals, _ = module._forward(call)
+    errs["o_nograd"] = rel_err(outputs[out], o_ref)
+    errs |= {f"{s.name}_nograd": rel_err(finals[s.name], r) for s, r in zip(rec.states, s_ref)}
     worst = max(errs, key=errs.get)
     ok = errs[worst] < tol
     print(f"check {spec:16s} {'varlen' if varlen else 'batch ':6s} {str(dtype)[6:]:8s} {'PASS' if ok else 'FAIL'}  worst {worst} "

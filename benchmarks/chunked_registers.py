@@ -14,7 +14,7 @@ stack, put that version first on PYTHONPATH (pip install --target DIR triton==X)
         --tiles "{'BI': 8, 'wy_BV': 128}"
 
 Kernels are named as in the generated module without the spec's prefix (wy_fwd, fwd_h,
-fwd_o, bwd_dv, bwd_dh, bwd_dqk, bwd_wy); tiles take the host code's names (BI, BKS,
+fwd_o, fwd_ho, bwd_dv, bwd_dh, bwd_dqk, bwd_wy); tiles take the host code's names (BI, BKS,
 <kernel>_BV; BT and warps from the flags). Pointers are declared 16-byte aligned, as
 Triton specializes them at a real launch. Uses Triton internals (ASTSource, GPUTarget,
 the bundled ptxas and cuobjdump): a dev tool.
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the fp32 buffers; the rest (q, k, v, w, u, v_new, dv_new, dW, h, ...) in the inputs' type, bf16 here
 FP32 = {"G", "Tm", "dgp", "dcp", "dA", "dg", "dbeta", "dc", "beta", "c", "h0", "ht", "dht", "dh0"}
 KERNEL_TILE = {"wy_fwd": "wy", "fwd_h": "h", "fwd_o": "o", "bwd_dv": "dv", "bwd_dh": "dh", "bwd_dqk": "dqk",
-               "bwd_wy": "wyb", "fwd_A": "a"}
+               "bwd_wy": "wyb", "fwd_A": "a", "fwd_ho": "ho"}
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
@@ -61,7 +61,7 @@ def module_of(spec: str):
 def constexprs(fn, kernel: str, dims: dict, tiles: dict, BT: int, NS: int) -> dict:
     KP = max(16, 1 << (dims["K"] - 1).bit_length())
     BKS = min(tiles.get("BKS", 64), KP)
-    whole_k = kernel in ("wy_fwd", "fwd_h", "bwd_dh")        # the kernels that hold all of K
+    whole_k = kernel in ("wy_fwd", "fwd_h", "fwd_ho", "bwd_dh")   # the kernels that hold all of K
     values = dict(H=16, K=dims["K"], V=dims["V"], NS=NS, BT=BT, BK=KP if whole_k else BKS,
                   BV=tiles.get(f"{KERNEL_TILE[kernel]}_BV", 64), BI=min(tiles.get("BI", 8), BT),
                   BC=tiles.get("BC", 16), NKB=-(-dims["K"] // BKS), HAS_H0=False, HAS_DHT=False,

@@ -9,6 +9,7 @@
 #   bench-delta  bench.py: DeltaNet, gated DeltaNet, DeltaProduct against fla, T = 1K, 4K, 8K, 32K
 #   bench-gla    bench.py: GLA against fla, same T (fla's first autotuning of GLA alone took 253 s)
 #   bench-rest   bench.py: simple GLA against fla, mLSTM against mlstm_kernels, same T
+#   bench-sgla   bench.py: simple GLA alone (mLSTM's kernels have no inference plan: unchanged by it)
 #   bench-32k    bench.py: DeltaProduct at T = 32K alone (the int64 offsets; refused before)
 #   crash        crash_repro.py: the kernel points that faulted in the sweeps and their neighbours,
 #                each in a fresh process (which of BT / BV / warps / stages faults)
@@ -22,6 +23,8 @@
 #   sweep-b      tile_sweep.py: DeltaProduct, DeltaNet (swept at BT <= 32 before the wgmma constraints)
 #   ut64         kernel_times.py: gated DeltaNet's kernels at the solver's tiles and at BT = 64 (the UT
 #                transform's cost there; run on a branch that changes it, e.g. wip-ut-registers)
+#   ho-sweep     ho_sweep.py: every (BV, warps, stages) of chunk_fwd_ho (the forward without gradient) for
+#                gated DeltaNet, simple GLA, DeltaProduct, GLA at T = 8K
 #   ut-variants  kernel_times.py: gated DeltaNet at BT = 64 with the inverse's diagonal blocks of 8 and 16,
 #                and at 32 with 16 (on main: the halves at 64; on wip-ut64: block rows at BI 16, the
 #                lighter chunk_bwd_wy), the solver's tiles first
@@ -46,9 +49,10 @@ for step in "$@"; do
       timeout 200 python3 benchmarks/chunked_gpu_check.py --no-anchor --rep 10 --T 1024 --dtype fp32 2>&1 \
         | grep -vi warn > "$OUT/check-fp32.log"
       tail -25 "$OUT/check-fp32.log" ;;
-    bench-delta|bench-gla|bench-rest|bench-32k)
+    bench-delta|bench-gla|bench-rest|bench-sgla|bench-32k)
       ops=delta_rule,gated_delta_rule,gated_delta_product; limit=190; T=$Ts
       [ "$step" = bench-gla ] && ops=gla && limit=540
+      [ "$step" = bench-sgla ] && ops=simple_gla && limit=150
       [ "$step" = bench-rest ] && ops=simple_gla,mlstm && limit=280
       [ "$step" = bench-32k ] && ops=gated_delta_product && limit=200 && T=32768
       python3 benchmarks/bench.py --ops "$ops" --T "$T" --no-cold --isolate "$limit" \
@@ -78,6 +82,11 @@ for step in "$@"; do
         --tiles "gated_delta_rule:BT=64,BI=8;gated_delta_rule:BT=64,BI=16;gated_delta_rule:BT=32,BI=16" 2>&1 \
         | grep -vi warn > "$OUT/ut-variants.log"
       grep -E "=====|do_bench|wy_|bwd_wy" "$OUT/ut-variants.log" | head -60 ;;
+    ho-sweep)
+      timeout 380 python3 benchmarks/ho_sweep.py --T 8192 --budget 330 --out "$OUT/ho_sweep.json" \
+        --configs gated_delta_rule:32,simple_gla:64,gated_delta_product:32,gla:64,simple_gla:128,gla:32 2>&1 \
+        | grep -vi warn > "$OUT/ho_sweep.log"
+      tail -20 "$OUT/ho_sweep.log" ;;
     kt)
       timeout 300 python3 benchmarks/kernel_times.py --ops gated_delta_rule,gla,simple_gla --T 4096 --no-anchor 2>&1 \
         | grep -vi warn > "$OUT/kt.log"

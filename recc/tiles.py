@@ -66,6 +66,7 @@ ACCESS = 128             # bytes: a cache line; a narrower row segment costs as 
 MAX_PROGRAMS_PER_SM = 32
 LAUNCH = 3e-6            # s: a kernel launch and its tail
 LEVEL_CYCLES = 120       # scan: one level of the scan tree (a shuffle or a shared-memory round and its barrier)
+HO_TC_WARPS = 4
 UT_STEP = 0.4           # chunked: a forward-substitution step of the UT transform's diagonal blocks (a sum
                         # inside a warp, no barrier), in step latencies; a dependent tl.dot counts one
 REDUCE_CYCLES = 150      # recurrent: per doubling of the warps, the latency of a step's reductions over K
@@ -292,7 +293,7 @@ def _rates(hw: Hardware) -> tuple:
 
 def _kernel(hw: Hardware, code: Code, *, programs: int, warps: int, elems: float, smem: float, iters: int = 1,
             stages: int = 1, loop: tuple = (0, 0, 0, 0, 0), once: tuple = (0, 0, 0, 0, 0),
-            serial: float = 0.0, extra: float = 0.0) -> float:
+            serial: float = 0.0, extra: float = 0.0, tc_warps: int = TC_WARPS) -> float:
     """Seconds of one launch. A program holds `elems` fp32 values in registers and `smem` bytes
     of shared memory; it runs `iters` iterations of `loop`, then `once` (its epilogue, or the
     prologue and epilogue of a state pass), each (tensor FLOPs, HBM bytes loaded, HBM bytes
@@ -313,8 +314,8 @@ def _kernel(hw: Hardware, code: Code, *, programs: int, warps: int, elems: float
     regs = elems / threads + REG_BASE
     per_sm = _per_sm(threads, regs, smem, hw)
     sharing = min(per_sm, -(-programs // hw.sms))
-    own_tc = per_flop / min(1.0, warps / TC_WARPS)                     # seconds per FLOP, one program alone
-    sm_tc = per_flop / min(1.0, warps * sharing / TC_WARPS)            # ... with its co-resident programs
+    own_tc = per_flop / min(1.0, warps / tc_warps)                     # seconds per FLOP, one program alone
+    sm_tc = per_flop / min(1.0, warps * sharing / tc_warps)            # ... with its co-resident programs
     crowding = max(1.0, regs / code.reg_comfort)
     per_lane = code.cpi * crowding * cycle / threads
     floor = hw.step_latency + (_sync(warps) + code.iteration + code.warp_cycles * warps) * cycle
@@ -480,7 +481,8 @@ def scan_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
 
 # chunked -----------------------------------------------------------------------------------
 
-CHUNKED_KERNELS = ("wy", "a", "h", "o", "dv", "dh", "dqk", "wyb")
+CHUNKED_KERNELS = ("wy", "a", "h", "o", "ho", "dv", "dh", "dqk", "wyb")
+CHUNKED_INFERENCE = ("wy", "a", "h", "o", "ho")   # a call that needs no gradient: the forward, h and o or ho
 
 
 def chunked_consts(d: dict, s: dict, hw: Hardware) -> dict:
@@ -492,8 +494,10 @@ def chunked_consts(d: dict, s: dict, hw: Hardware) -> dict:
 
 def chunked_kernels(s: dict) -> tuple:
     """The kernels a spec of this shape launches (householder transitions add wy and wyb, per-key
-    decays the scores kernel a)."""
-    return tuple(k for k in CHUNKED_KERNELS if (s["householder"] or k not in ("wy", "wyb"))
+    decays the scores kernel a); with `inference` (no gradient wanted) the forward's alone: h and o,
+    or ho in their place (the variable FUSE picks)."""
+    launched = CHUNKED_INFERENCE if s.get("inference") else tuple(k for k in CHUNKED_KERNELS if k != "ho")
+    return tuple(k for k in launched if (s["householder"] or k not in ("wy", "wyb"))
                  and (s["per_key"] or k != "a"))
 
 
@@ -603,6 +607,28 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                        smem=_pipelined_smem(a["o_stages"], (BTT * KB + BT * KB + KB * BV) * EB, (BT * BT + BT * BV) * EB),
                        iters=cd(K, KB), loop=(flops, hbm + KB * BV * 2, 0, l2, ops), once=once)
 
+    def ho(a):
+        """h's loop, plus per chunk the output's: q (read by every V block: L2), q h and (per-key
+        decays: loaded from a) the scores q k^T, their product with v, the output block stored;
+        no per-chunk state stored."""
+        BT, BV = a["BT"], a["ho_BV"]
+        BTT = BT // NS
+        _, NC = chunks(BT)
+        nv = cd(V, BV)
+        hbm, l2 = shared(KP * BT * 2 + HH * BT * KP * 2 + KEY * KP * BT * 4 + BTT * KP * 2
+                         + KEY * (BTT * KP * 4 + BTT * BT * 2), nv)
+        flops = 2 * KP * BT * BV * (1 + HH) + 2 * BTT * KP * BV + (1 - KEY) * 2 * BTT * KP * BT + 2 * BTT * BT * BV
+        ops = (KP * BV + (2 + 3 * gated) * BT * BV + KEY * 4 * KP * BT + HH * 2 * BT * BV
+               + BTT * BT * 4 + 2 * BTT * BV + KEY * BTT * KP * 3)
+        loop = (flops, hbm + BT * BV * 2, BTT * BV * 2, l2, ops)
+        return _kernel(hw, code, programs=B * H * nv, warps=a["ho_warps"], stages=a["ho_stages"],
+                       elems=KP * BV + BT * BV + KP * BT // 2 + HH * BT * KP // 2 + KEY * KP * BT
+                       + BTT * (KP // 2 + BT) + KEY * BTT * KP,
+                       smem=a["ho_stages"] * (KP * BT + BT * BV + HH * BT * KP + BTT * KP) * EB
+                       + (KP * BV + BTT * BT) * EB,
+                       iters=NC, loop=loop, once=(0, KP * BV * 4, KP * BV * 4, 0, 2 * KP * BV),
+                       tc_warps=HO_TC_WARPS)
+
     def dv(a):
         BT, BV, KB = a["BT"], a["dv_BV"], min(a["BKS"], KP)
         BTT = BT // NS
@@ -680,9 +706,14 @@ def chunked_terms(c: dict, d: dict, s: dict, hw: Hardware) -> list:
                        iters=cd(V, BV), loop=loop, once=once)
 
     kernels = {"wy": (wy, ("BT", "BI")), "a": (a, ("BT", "BKS", "BC")), "h": (h, ("BT",)), "o": (o, ("BT", "BKS")),
+               "ho": (ho, ("BT",)),
                "dv": (dv, ("BT", "BKS")), "dh": (dh, ("BT",)),
                "dqk": (dqk_key, ("BT", "BKS", "BC")) if KEY else (dqk, ("BT", "BKS")),
                "wyb": (wyb, ("BT", "BKS"))}
+    if s.get("inference"):   # FUSE = 1: ho runs, h and o do not (their variables are then free and cost nothing)
+        for k, on in (("h", 0), ("o", 0), ("ho", 1)):
+            fn, shared_vars = kernels[k]
+            kernels[k] = ((lambda fn, on: lambda a: fn(a) if a["FUSE"] == on else 0.0)(fn, on), shared_vars + ("FUSE",))
     return [(k, kernels[k][1] + tuple(f"{k}_{p}" for p in (("warps", "stages") if k == "a" else ("BV", "warps", "stages"))),
              kernels[k][0]) for k in chunked_kernels(s)]
 
@@ -707,8 +738,8 @@ FAMILIES = {
                    "forward + backward"),
     "chunked": Family("chunked", ("K", "V"),
                       {"substeps": 1, "householder": False, "gated": True, "per_key": False, "normaliser": False,
-                       "elem_bytes": 2},
-                      chunked_consts, chunked_terms, "forward + backward"),
+                       "elem_bytes": 2, "inference": False},
+                      chunked_consts, chunked_terms, "forward + backward (inference: the forward)"),
 }
 
 

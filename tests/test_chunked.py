@@ -115,8 +115,9 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def oracle_check(compiled, spec, T, *, varlen=False, initial=True, dtype=torch.float32, tol=1e-4,
-                 sample=None, seed=0):
-    """Run one case forward and backward and compare everything with the reference."""
+                 sample=None, seed=0, grad=True):
+    """Run one case forward and backward and compare everything with the reference; grad=False:
+    the forward of a call that needs no gradient (its own kernels), outputs and final states."""
     rec, module = compiled(spec)
     gen = torch.Generator().manual_seed(seed)
     dims = {d: D for d in rec.free_dims} | rec.fixed_dims
@@ -146,11 +147,17 @@ def oracle_check(compiled, spec, T, *, varlen=False, initial=True, dtype=torch.f
 
     call_kw = dict(kw, initial_state=pack(tuple(t.float() for t in init))) if initial else kw
     call = bind(rec, tuple(a.to(dtype) for a in args), call_kw)
-    call.requires_grad = True   # the op sets this when a backward will follow
+    call.requires_grad = grad   # the op sets this: True when a backward will follow
     outputs, finals, saved = module._forward(call)
     out = rec.outputs[0].name
     got = {f"output {out}": (outputs[out], o_ref)}
     got |= {f"final {s.name}": (finals[s.name], r) for s, r in zip(rec.states, s_ref)}
+    if not grad:
+        assert module._NORM is not None or saved == (), "a forward without gradient saves nothing"
+        errors = {name: rel_err(g, r) for name, (g, r) in got.items()}
+        bad = {name: e for name, e in errors.items() if not e < tol}
+        assert not bad, f"{spec} T={T} varlen={varlen} (no gradient): rel errors above {tol}: {bad}"
+        return
     d_in, d_par, d_init = module._backward(call, saved, {out: do.to(dtype)},
                                            {s.name: d.float() for s, d in zip(rec.states, ds)})
     for d, leaf in zip(rec.inputs + rec.params, leaves):
@@ -222,6 +229,38 @@ def test_varlen(compiled, spec):
 @pytest.mark.parametrize("spec", ["simple_gla", "gla", "mlstm", "delta_net", "gated_delta_net", "delta_product"])
 def test_bf16(compiled, spec):
     oracle_check(compiled, spec, T=40, dtype=torch.bfloat16, tol=2e-2)
+
+
+# A call that needs no gradient has its own plan (recc.tiles, shape keyword `inference`): FUSE = 1 runs
+# chunk_fwd_ho (the state pass writing the outputs) in place of chunk_fwd_h and chunk_fwd_o, FUSE = 0
+# those two; neither stores anything for a backward
+@pytest.mark.parametrize("spec", FAMILY + ["gated_custom", "key_custom", "delta_custom", "product_custom"])
+@pytest.mark.parametrize("varlen", [False, True], ids=["batch", "varlen"])
+@pytest.mark.parametrize("fuse", [1, 0], ids=["ho", "h_o"])
+def test_forward_without_gradient(compiled, monkeypatch, spec, varlen, fuse):
+    monkeypatch.setitem(compiled(spec)[1]._TILES, "FUSE", fuse)
+    oracle_check(compiled, spec, T=40, varlen=varlen, grad=False)
+
+
+@pytest.mark.parametrize("spec", ["simple_gla", "gla", "gated_delta_net", "delta_product"])
+def test_forward_without_gradient_bf16_ragged(compiled, monkeypatch, spec):
+    monkeypatch.setitem(compiled(spec)[1]._TILES, "FUSE", 1)
+    oracle_check(compiled, spec, T=13, initial=False, dtype=torch.bfloat16, tol=2e-2, grad=False)
+
+
+def test_the_inference_plan_is_chosen_for_the_forward_alone():
+    """The H200 model's plan for a call without gradient: gated DeltaNet fuses h and o (measured 421 us
+    against 356 + 390 at T = 8192, results/2026-12-04-h200-s9-ho-sweep.*), GLA keeps them apart (its
+    fused pass was slower at every point timed); neither plan prices a backward kernel."""
+    from recc.tiles import choose_tiles, launch_shape
+    dims = dict(B=4, T=8192, H=16, K=128, V=128)
+    for spec, fused in (("gated_delta_net", 1), ("gla", 0)):
+        shape = launch_shape(recc.load_spec(f"specs/{spec}.rec"), "chunked")[1]
+        plan = choose_tiles("chunked", dims, "h200", **shape, inference=True)
+        assert plan.assignment["FUSE"] == fused, spec
+        assert not any(k.startswith(("dv_", "dh_", "dqk_", "wyb_")) for k in plan.assignment), plan.assignment
+        train = choose_tiles("chunked", dims, "h200", **shape)
+        assert "FUSE" not in train.assignment and "ho_BV" not in train.assignment
 
 
 class _LaunchSpy:

@@ -349,8 +349,8 @@ def test_the_variables_are_the_launch_parameters_of_the_host_code(family):
     expected = {"recurrent": {"BV", "BV_bwd", "CHUNK", "num_warps", "num_warps_bwd"},
                 "cell": {"BB", "num_warps", "RESIDENT"},
                 "scan": {"BT", "BD", "num_warps", "BT_bwd", "BD_bwd", "num_warps_bwd"},
-                "chunked": {"BT", "BC", "BI", "BKS", "a_warps", "a_stages"}   # a (per-key scores) has no V block
-                | {f"{k}_{p}" for k in ("wy", "h", "o", "dv", "dh", "dqk", "wyb") for p in ("BV", "warps", "stages")}}
+                "chunked": {"BT", "BC", "BI", "BKS", "FUSE", "a_warps", "a_stages"}   # a (per-key scores): no V block
+                | {f"{k}_{p}" for k in ("wy", "h", "o", "ho", "dv", "dh", "dqk", "wyb") for p in ("BV", "warps", "stages")}}
     assert names == expected[family]
 
 
@@ -520,14 +520,17 @@ def test_the_chunked_host_code_launches_the_solvers_tiles(tmp_path, monkeypatch)
     outputs, finals, saved = module._forward(call)
     family, dims, device, key, shape = spy.calls[0]
     assert (family, dims, device, key) == ("chunked", {"B": 1, "T": 32, "H": 2, "K": 16, "V": 16}, "cpu", spec_key(rec))
-    assert shape == dict(families_of(rec)["chunked"][1], elem_bytes=4)   # fp32 inputs: 4-byte tiles
+    # fp32 inputs: 4-byte tiles; a backward follows: the training plan
+    assert shape == dict(families_of(rec)["chunked"][1], elem_bytes=4, inference=False)
     chosen = choose_tiles("chunked", dims, INTERPRETER, **shape).assignment
     assert module._launch(call) == chosen and {"wy_BV", "wyb_BV", "BI"} <= set(chosen)
     module._TILES.update(BT=32, dqk_warps=2)                  # reaches the next call (a call keeps its tiles)
-    assert module._launch(bind(rec, tuple(args), {})) == {**chosen, "BT": 32, "dqk_warps": 2}
+    again = bind(rec, tuple(args), {})
+    again.requires_grad = True
+    assert module._launch(again) == {**chosen, "BT": 32, "dqk_warps": 2}
     module._TILES.clear()
-    module._launch(bind(rec, tuple(a.to(torch.bfloat16) for a in args), {}))
-    assert spy.calls[-1][4] == dict(families_of(rec)["chunked"][1], elem_bytes=2)   # bf16: 2-byte tiles
+    module._launch(bind(rec, tuple(a.to(torch.bfloat16) for a in args), {}))   # no gradient: the forward's plan
+    assert spy.calls[-1][4] == dict(families_of(rec)["chunked"][1], elem_bytes=2, inference=True)   # bf16: 2 bytes
 
 
 def test_fp32_inputs_get_tiles_that_fit_shared_memory():

@@ -713,13 +713,13 @@ def _roles(form: ChunkedForm, dims: dict):
     return values, lines
 
 
-KERNELS = ("wy", "a", "h", "o", "dv", "dh", "dqk", "wyb")
+KERNELS = ("wy", "a", "h", "o", "ho", "dv", "dh", "dqk", "wyb")
 NO_V_BLOCK = ("a",)   # kernels without a V block: <kernel>_warps, <kernel>_stages only
-SHARED = ("BT", "BC", "BI", "BKS")
+SHARED = ("BT", "BC", "BI", "BKS", "FUSE")
 
 
 def chunked_overrides(tiles: dict | None) -> dict:
-    """Tile overrides in the host code's names (`_TILES`): BT, BC, BI, BKS and <kernel>_BV,
+    """Tile overrides in the host code's names (`_TILES`): BT, BC, BI, BKS, FUSE and <kernel>_BV,
     <kernel>_warps, <kernel>_stages; also accepted: `BV` (every kernel's V block, tests use it)
     and <kernel>: (BV, num_warps, num_stages), or (num_warps, num_stages) for a kernel without
     a V block (`NO_V_BLOCK`)."""
