@@ -41,7 +41,8 @@ from recc.lower.chunked import lower_chunked  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # the fp32 buffers; the rest (q, k, v, w, u, v_new, dv_new, dW, h, ...) in the inputs' type, bf16 here
-FP32 = {"G", "Tm", "dgp", "dcp", "dA", "dg", "dbeta", "dc", "beta", "c", "h0", "ht", "dht", "dh0"}
+FP32 = {"G", "Tm", "dgp", "dcp", "dA", "dg", "dbeta", "dc", "beta", "c", "h0", "ht", "dht", "dh0",
+        "hn", "dhn", "mst", "men", "nt", "mrow", "r2", "rden", "dr2", "dn0", "n0", "dnt"}   # mLSTM's normaliser
 KERNEL_TILE = {"wy_fwd": "wy", "fwd_h": "h", "fwd_o": "o", "bwd_dv": "dv", "bwd_dh": "dh", "bwd_dqk": "dqk",
                "bwd_wy": "wyb", "fwd_A": "a", "fwd_ho": "ho"}
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -58,19 +59,19 @@ def module_of(spec: str):
     return rec, module
 
 
-def constexprs(fn, kernel: str, dims: dict, tiles: dict, BT: int, NS: int) -> dict:
+def constexprs(fn, kernel: str, dims: dict, tiles: dict, BT: int, NS: int, precision: str = "tf32") -> dict:
     KP = max(16, 1 << (dims["K"] - 1).bit_length())
     BKS = min(tiles.get("BKS", 64), KP)
     whole_k = kernel in ("wy_fwd", "fwd_h", "fwd_ho", "bwd_dh")   # the kernels that hold all of K
     values = dict(H=16, K=dims["K"], V=dims["V"], NS=NS, BT=BT, BK=KP if whole_k else BKS,
                   BV=tiles.get(f"{KERNEL_TILE[kernel]}_BV", 64), BI=min(tiles.get("BI", 8), BT),
                   BC=tiles.get("BC", 16), NKB=-(-dims["K"] // BKS), HAS_H0=False, HAS_DHT=False,
-                  NVB=-(-dims["V"] // tiles.get("dv_BV", 64)), EXACT=False)   # per-key dqk: dv's V blocks
+                  NVB=-(-dims["V"] // tiles.get("dv_BV", 64)), EXACT=False,   # per-key dqk: dv's V blocks
+                  PRECISION=precision)
     return {name: values[name] for name in fn.arg_names if name in values}
 
 
-def compile_kernel(fn, consts: dict, warps: int, stages: int, maxnreg: int | None = None, dtype: str = "bf16",
-                   precision: str | None = None):
+def compile_kernel(fn, consts: dict, warps: int, stages: int, maxnreg: int | None = None, dtype: str = "bf16"):
     signature, values = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:
@@ -79,14 +80,13 @@ def compile_kernel(fn, consts: dict, warps: int, stages: int, maxnreg: int | Non
             signature[name] = "*i32"
         elif name in ("stride_p", "stride"):
             signature[name] = "i32"
-        elif name in ("scale",):
+        elif name in ("scale", "floor"):
             signature[name] = "fp32"
         else:
             signature[name] = "*fp32" if name in FP32 else f"*{dtype}"
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in signature.items() if t.startswith("*")}
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=values, attrs=attrs)
     options = {"num_warps": warps, "num_stages": stages} | ({"maxnreg": maxnreg} if maxnreg else {})
-    options |= {"default_dot_input_precision": precision} if precision else {}
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     p.add_argument("--stages", type=int, default=2)
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="the inputs' type")
     p.add_argument("--precision", choices=("tf32", "tf32x3", "ieee"), default=None,
-                   help="tl.dot's default input precision (the host code's for fp32 inputs: tf32 or tf32x3)")
+                   help="the kernels' PRECISION, every tl.dot's input_precision (the host code's for fp32 inputs: tf32 or tf32x3)")
     p.add_argument("--maxnreg", type=int, default=None,
                    help="cap the registers a thread (Triton's maxnreg option; ptxas spills past it)")
     p.add_argument("--tiles", default="{}", help="the host code's names: BI, BKS, BC, <kernel>_BV")
@@ -141,11 +141,11 @@ def main(argv=None) -> int:
         fn = getattr(module, f"{rec.name}_chunk_{kernel}_kernel")
         for BT in args.BT:
             for warps in args.warps:
-                consts = constexprs(fn, kernel, dims, tiles, BT, module._NS)
+                consts = constexprs(fn, kernel, dims, tiles, BT, module._NS, args.precision or "tf32")
                 shown = " ".join(f"{k}={v}" for k, v in consts.items() if k not in ("H", "K", "V", "NS")
                                  and not k.startswith("HAS_"))
                 try:
-                    text = report(compile_kernel(fn, consts, warps, args.stages, args.maxnreg, args.dtype, args.precision))
+                    text = report(compile_kernel(fn, consts, warps, args.stages, args.maxnreg, args.dtype))
                 except Exception as error:  # noqa: BLE001 - a point that does not compile is reported
                     text = f"does not compile: {type(error).__name__}: {str(error).splitlines()[0][:100]}"
                 print(f"{rec.name} {kernel:8s} {shown} warps={warps}: {text}", flush=True)

@@ -18,8 +18,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # must be set before triton is i
 
 # Keywords every launch may pass that are not kernel parameters (compile options of Triton's CUDA
 # backend, 3.6 and 3.9 alike).
-_LAUNCH_OPTIONS = {"num_warps", "num_stages", "num_ctas", "maxnreg", "enable_fp_fusion", "launch_cooperative_grid",
-                   "default_dot_input_precision"}
+_LAUNCH_OPTIONS = {"num_warps", "num_stages", "num_ctas", "maxnreg", "enable_fp_fusion", "launch_cooperative_grid"}
 
 
 def _strict_interpreter():

@@ -271,7 +271,7 @@ class _LaunchSpy:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            self.seen.append(kwargs.get("default_dot_input_precision"))
+            self.seen.append(kwargs.get("PRECISION"))
             return self.kernel[grid](*args, **kwargs)
         return launch
 
@@ -279,14 +279,36 @@ class _LaunchSpy:
 _NO_DOTS = ("_cumsum_kernel", "_bwd_rows_kernel")   # the gates' cumsum, mLSTM's per-row backward
 
 
+def test_precision_reaches_the_tensor_cores():
+    """PRECISION is what the compiled kernel does: chunk_fwd_o of simple GLA compiled for sm_90 (no GPU:
+    Triton's bundled ptxas, benchmarks/chunked_registers.py) on fp32 inputs runs three times the wgmma's
+    at tf32x3 (two tf32 splits of each operand) that it runs at tf32. Session 8 passed Triton's
+    `default_dot_input_precision` launch option instead, which Triton 3.6 ignores: the same SASS
+    either way, and fp32 inputs at tf32 accuracy on the GPU (results/2026-12-04-h200-s9-check-fp32.log)."""
+    import re
+    import subprocess
+    import sys
+    counts = {}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    for precision in ("tf32", "tf32x3"):
+        out = subprocess.run([sys.executable, "benchmarks/chunked_registers.py", "simple_gla", "--kernels", "fwd_o",
+                              "--BT", "64", "--warps", "4", "--stages", "2", "--dtype", "fp32", "--precision", precision,
+                              "--tiles", "{'o_BV': 64}"], capture_output=True, text=True, env=env, timeout=600)
+        found = re.search(r"(\d+) HGMMA, (\d+) HMMA", out.stdout)
+        assert found, out.stdout + out.stderr
+        counts[precision] = int(found.group(1)) + int(found.group(2))
+    assert counts["tf32"] > 0 and counts["tf32x3"] == 3 * counts["tf32"], counts
+
+
 @pytest.mark.parametrize("spec", ["gla", "mlstm", "gated_delta_net"])
 @pytest.mark.parametrize("dtype, allow, want", [(torch.float32, False, "tf32x3"), (torch.float32, True, "tf32"),
-                                                (torch.bfloat16, False, None)])
+                                                (torch.bfloat16, False, "tf32")])
 def test_fp32_dots_follow_torchs_tf32_flag(compiled, monkeypatch, spec, dtype, allow, want):
-    """fp32 inputs: every kernel launched, forward and backward, with tl.dot's precision as
-    torch.backends.cuda.matmul.allow_tf32 says (tf32, else tf32x3: fp32 accuracy), as the cell strategy
-    does; 16-bit inputs: no option (their operands are 16-bit). The interpreter computes in fp32 either
-    way: what this checks is the option each launch gets."""
+    """fp32 inputs: every kernel launched, forward and backward, with its tl.dot's precision (the
+    constexpr PRECISION) as torch.backends.cuda.matmul.allow_tf32 says (tf32, else tf32x3: fp32
+    accuracy), as the cell strategy does; 16-bit inputs: tf32 (their operands are 16-bit; their fp32
+    tiles stay tf32). The interpreter computes in fp32 either way: what this checks is what each launch
+    gets; test_precision_reaches_the_tensor_cores, that the compiled kernel obeys it."""
     _, module = compiled(spec)
     seen = []
     for name in [n for n in vars(module) if n.startswith(spec) and n.endswith("_kernel") and not n.endswith(_NO_DOTS)]:
