@@ -173,25 +173,36 @@ class Tiles:
         return {t.name: t.cost({v: self.assignment[v] for v in t.variables}) for t in self.terms}
 
     @property
+    def label(self) -> str:
+        """The family's name, and which plan where it has two (chunked: a call without gradient)."""
+        return f"{self.family}, no gradient" if self.shape.get("inference") else self.family
+
+    @property
     def estimate(self) -> str:
         if self.hardware.interpreter:
             return f"interpreter model: smallest legal tiles (sum {self.objective:g})"
-        return f"estimated {_seconds(self.objective)} {FAMILIES[self.family].measures}"
+        measures = "forward" if self.shape.get("inference") else FAMILIES[self.family].measures
+        return f"estimated {_seconds(self.objective)} {measures}"
 
     def explain(self) -> str:
-        """The point (a line per kernel where the family has several), the estimate and the
-        binding constraints with the moves they block."""
+        """The point (a line per kernel where the family has several; a plan's kernels that do not
+        run, e.g. h and o where FUSE = 1, left out), the estimate and the binding constraints with
+        the moves they block."""
         groups = _kernel_groups(self.family, self.assignment)
         if len(groups) > 1 and not self.hardware.interpreter:
             parts = self.parts()
-            lines = [f"{self.family}: ({self.estimate})"]
+            if self.shape.get("inference"):
+                idle = {t.name for t in self.terms if parts[t.name] == 0}
+                used = {v for t in self.terms if t.name not in idle for v in t.variables}
+                groups = {name: [k for k in names if k in used] for name, names in groups.items() if name not in idle}
+            lines = [f"{self.label}: ({self.estimate})"]
             for name, names in groups.items():
                 point = ", ".join(f"{k}={self.assignment[k]}" for k in names)
                 at = f"   {_seconds(parts[name])}" if name in parts else ""
                 lines.append(f"  {name + ':':<8}{point}{at}")
         else:
             point = ", ".join(f"{k}={v}" for k, v in self.assignment.items())
-            lines = [f"{self.family}: {point}   ({self.estimate})"]
+            lines = [f"{self.label}: {point}   ({self.estimate})"]
         if not self.binding:
             lines.append("  no binding constraints")
         for entry in self.binding:
@@ -739,7 +750,7 @@ FAMILIES = {
     "chunked": Family("chunked", ("K", "V"),
                       {"substeps": 1, "householder": False, "gated": True, "per_key": False, "normaliser": False,
                        "elem_bytes": 2, "inference": False},
-                      chunked_consts, chunked_terms, "forward + backward (inference: the forward)"),
+                      chunked_consts, chunked_terms, "forward + backward"),
 }
 
 
@@ -953,10 +964,14 @@ def tiles_for_spec(rec: ir.Recurrence, hw: Hardware | str | None = None, dims: d
     hw = hardware(hw)
     out = {}
     for family, (d, shape) in families_of(rec, dims).items():
-        try:
-            out[family] = choose_tiles(family, d, hw, **shape)
-        except TilesInfeasible as error:
-            out[family] = error
+        plans = {family: shape}
+        if family == "chunked" and not shape.get("normaliser"):   # its plan for calls without gradient
+            plans[f"{family}, no gradient"] = {**shape, "inference": True}
+        for name, s in plans.items():
+            try:
+                out[name] = choose_tiles(family, d, hw, **s)
+            except TilesInfeasible as error:
+                out[name] = error
     return out
 
 

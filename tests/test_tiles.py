@@ -401,7 +401,10 @@ def test_recc_check_json_includes_tiles(capsys):
     assert {"BT", "BC", "BKS", "o_BV", "o_warps", "o_stages", "dqk_BV"} <= set(chunked["assignment"])
     assert set(chunked["terms"]) == {"a", "h", "o", "dv", "dh", "dqk"}    # per-key decays: the scores kernel a
     assert chunked["objective_unit"] == "seconds" and chunked["objective"] > 0 and isinstance(chunked["binding"], list)
-    assert set(tiles["kernels"]) == {"chunked", "recurrent"}
+    assert set(tiles["kernels"]) == {"chunked", "chunked, no gradient", "recurrent"}
+    forward = tiles["kernels"]["chunked, no gradient"]   # the plan of a call without gradient: the forward's
+    assert forward["shape"]["inference"] and set(forward["terms"]) == {"a", "h", "o", "ho"}
+    assert forward["assignment"]["FUSE"] == 0 and forward["terms"]["ho"] == 0   # GLA: h and o, apart
 
 
 # ---- tuning ---------------------------------------------------------------------------------
