@@ -12,6 +12,7 @@ stack, put that version first on PYTHONPATH (pip install --target DIR triton==X)
     python benchmarks/chunked_registers.py delta_net                        # wy_fwd, bwd_wy at BT=32
     python benchmarks/chunked_registers.py delta_product --kernels wy_fwd --BT 32 64 --warps 2 4 8 \\
         --tiles "{'BI': 8, 'wy_BV': 128}"
+    python benchmarks/chunked_registers.py gla --plan h200 --dtype fp32     # every kernel at the H200 plans
 
 Kernels are named as in the generated module without the spec's prefix (wy_fwd, fwd_h,
 fwd_o, fwd_ho, bwd_dv, bwd_dh, bwd_dqk, bwd_wy); tiles take the host code's names (BI, BKS,
@@ -64,10 +65,11 @@ def constexprs(fn, kernel: str, dims: dict, tiles: dict, BT: int, NS: int, preci
     BKS = min(tiles.get("BKS", 64), KP)
     whole_k = kernel in ("wy_fwd", "fwd_h", "fwd_ho", "bwd_dh")   # the kernels that hold all of K
     values = dict(H=16, K=dims["K"], V=dims["V"], NS=NS, BT=BT, BK=KP if whole_k else BKS,
-                  BV=tiles.get(f"{KERNEL_TILE[kernel]}_BV", 64), BI=min(tiles.get("BI", 8), BT),
+                  BV=tiles.get(f"{KERNEL_TILE.get(kernel, kernel)}_BV", 64), BI=min(tiles.get("BI", 8), BT),
                   BC=tiles.get("BC", 16), NKB=-(-dims["K"] // BKS), HAS_H0=False, HAS_DHT=False,
                   NVB=-(-dims["V"] // tiles.get("dv_BV", 64)), EXACT=False,   # per-key dqk: dv's V blocks
-                  PRECISION=precision)
+                  PRECISION=precision,
+                  D=dims["K"], BD=KP, BR=64)   # cumsum: per-key decays (D = K); mLSTM's bwd_rows: 64 rows
     return {name: values[name] for name in fn.arg_names if name in values}
 
 
@@ -78,7 +80,7 @@ def compile_kernel(fn, consts: dict, warps: int, stages: int, maxnreg: int | Non
             signature[name], values[(i,)] = "constexpr", consts[name]
         elif name in ("cu", "info", "chunk_first"):
             signature[name] = "*i32"
-        elif name in ("stride_p", "stride"):
+        elif name in ("stride_p", "stride", "rows"):
             signature[name] = "i32"
         elif name in ("scale", "floor"):
             signature[name] = "fp32"
@@ -90,16 +92,29 @@ def compile_kernel(fn, consts: dict, warps: int, stages: int, maxnreg: int | Non
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
-def report(compiled) -> str:
+def assemble(compiled) -> tuple[str, str]:
+    """(ptxas -v's report, cuobjdump's SASS) of a compiled kernel's PTX, assembled for sm_90a."""
     with tempfile.TemporaryDirectory() as d:
         ptx, cubin = Path(d) / "k.ptx", Path(d) / "k.cubin"
         ptx.write_text(compiled.asm["ptx"])
         ptxas = BIN / ("ptxas-blackwell" if (BIN / "ptxas-blackwell").exists() else "ptxas")
         out = subprocess.run([str(ptxas), "-v", "--gpu-name", "sm_90a", str(ptx), "-o", str(cubin)],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=True)
         sass = subprocess.run([str(BIN / "cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True).stdout
-    regs = re.search(r"Used (\d+) registers", out.stderr)
-    spills = re.search(r"(\d+) bytes spill stores", out.stderr)
+    return out.stderr, sass
+
+
+def sass(compiled) -> str:
+    """The kernel's instructions, one a line, without addresses or names (to compare two builds)."""
+    text = assemble(compiled)[1]
+    return "\n".join(re.sub(r"/\*[0-9a-f]{4,6}\*/", "", line).strip() for line in text.splitlines()
+                     if "/*" in line and "Function" not in line) + "\n"
+
+
+def report(compiled) -> str:
+    out, sass = assemble(compiled)
+    regs = re.search(r"Used (\d+) registers", out)
+    spills = re.search(r"(\d+) bytes spill stores", out)
     line = re.compile(r"\s+/\*([0-9a-f]{4,6})\*/\s+(.*)")
     instrs = [(int(m.group(1), 16), m.group(2)) for m in map(line.match, sass.splitlines()) if m]
     at = {a: i for i, (a, _) in enumerate(instrs)}
@@ -119,6 +134,38 @@ def report(compiled) -> str:
             f"{hgmma} HGMMA, {hmma} HMMA; loop bodies: {', '.join(loops) or 'none'}")
 
 
+def plan_points(spec: str, hw: str, dtype: str = "bf16", precision: str | None = None):
+    """(rec, [(plan, kernel, fn, constexprs, warps, stages)]): every kernel of `spec`'s chunked module
+    at the tiles the solver picks for the hardware model `hw` at the main shape, for inputs of
+    `dtype` (its elem_bytes): the training plan ("train"), and the forward's plan for calls without
+    gradient ("no_grad", its kernels only) where the spec has one. A kernel without a tile of its
+    own (cumsum, mLSTM's bwd_rows) at 4 warps, 2 stages. `precision`: the host's for the dtype
+    (tf32x3 for fp32 inputs, torch's default) unless given."""
+    from recc.tiles import choose_tiles, families_of, hardware
+    rec, module = module_of(spec)
+    dims, shape = families_of(rec)["chunked"]
+    shape = {**shape, "elem_bytes": 4 if dtype == "fp32" else 2}
+    plans = {"train": choose_tiles("chunked", dims, hardware(hw), **shape).assignment}
+    if not shape.get("normaliser"):
+        plans["no_grad"] = choose_tiles("chunked", dims, hardware(hw), **shape, inference=True).assignment
+    precision = precision or ("tf32x3" if dtype == "fp32" else "tf32")
+    names = sorted(n for n in dir(module) if n.startswith(f"{rec.name}_chunk_") and n.endswith("_kernel"))
+    points = []
+    for plan, tiles in plans.items():
+        for name in names:
+            kernel = name[len(rec.name) + len("_chunk_"):-len("_kernel")]
+            key = KERNEL_TILE.get(kernel, kernel)
+            if plan == "train" and kernel == "fwd_ho":
+                continue   # launched only by a call without gradient
+            if plan == "no_grad" and (kernel.startswith("bwd_") or (kernel in ("fwd_h", "fwd_o", "fwd_ho")
+                                                                   and tiles.get("FUSE") != (kernel == "fwd_ho"))):
+                continue   # not launched by a call without gradient (ho where FUSE = 1, else h and o)
+            fn = getattr(module, name)
+            consts = constexprs(fn, kernel, {"K": dims["K"], "V": dims["V"]}, tiles, tiles["BT"], module._NS, precision)
+            points.append((plan, kernel, fn, consts, tiles.get(f"{key}_warps", 4), tiles.get(f"{key}_stages", 2)))
+    return rec, points
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec")
@@ -133,7 +180,20 @@ def main(argv=None) -> int:
     p.add_argument("--maxnreg", type=int, default=None,
                    help="cap the registers a thread (Triton's maxnreg option; ptxas spills past it)")
     p.add_argument("--tiles", default="{}", help="the host code's names: BI, BKS, BC, <kernel>_BV")
+    p.add_argument("--plan", metavar="HW", default=None,
+                   help="every kernel at the solver's plans for the hardware model HW (a recc.hardware preset, "
+                        "e.g. h200) and --dtype, instead of --kernels, --BT, --warps, --stages, --tiles")
     args = p.parse_args(argv)
+    if args.plan:
+        rec, points = plan_points(args.spec, args.plan, args.dtype, args.precision)
+        for plan, kernel, fn, consts, warps, stages in points:
+            try:
+                text = report(compile_kernel(fn, consts, warps, stages, args.maxnreg, args.dtype))
+            except Exception as error:  # noqa: BLE001 - a point that does not compile is reported
+                text = f"does not compile: {type(error).__name__}: {str(error).splitlines()[0][:100]}"
+            tiles = " ".join(f"{k}={consts[k]}" for k in ("BT", "BK", "BV") if k in consts)
+            print(f"{rec.name} {plan:7s} {kernel:8s} {tiles} warps={warps} stages={stages}: {text}", flush=True)
+        return 0
     rec, module = module_of(args.spec)
     tiles = ast.literal_eval(args.tiles)
     dims = {"K": args.size, "V": args.size}
