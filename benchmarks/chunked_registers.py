@@ -144,7 +144,8 @@ def plan_points(spec: str, hw: str, dtype: str = "bf16", precision: str | None =
     from recc.tiles import choose_tiles, families_of, hardware
     rec, module = module_of(spec)
     dims, shape = families_of(rec)["chunked"]
-    shape = {**shape, "elem_bytes": 4 if dtype == "fp32" else 2}
+    if dtype == "fp32":   # (16-bit: the default, and a revision from before the keyword takes it too)
+        shape = {**shape, "elem_bytes": 4}
     plans = {"train": choose_tiles("chunked", dims, hardware(hw), **shape).assignment}
     if not shape.get("normaliser"):
         plans["no_grad"] = choose_tiles("chunked", dims, hardware(hw), **shape, inference=True).assignment
