@@ -49,10 +49,11 @@ KERNEL_TILE = {"wy_fwd": "wy", "fwd_h": "h", "fwd_o": "o", "bwd_dv": "dv", "bwd_
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
-def module_of(spec: str):
-    rec = recc.load_spec(ROOT / "specs" / f"{spec}.rec")
+def module_of(spec):
+    """(rec, the imported chunked module) of a spec: its name under specs/, or a checked Recurrence."""
+    rec = recc.load_spec(ROOT / "specs" / f"{spec}.rec") if isinstance(spec, str) else spec
     folder = Path(tempfile.mkdtemp())
-    path = folder / f"{spec}_chunked_probe.py"
+    path = folder / f"{rec.name}_chunked_probe.py"
     path.write_text(lower_chunked(rec).source)
     module_spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(module_spec)

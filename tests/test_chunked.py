@@ -312,19 +312,14 @@ def test_precision_reaches_the_tensor_cores():
 
 
 _SASS_PROBE = """
-import importlib.util, pathlib, sys, tempfile
+import sys
 sys.path.insert(0, "benchmarks")
 import chunked_registers as c
 import recc
-from recc.lower.chunked import lower_chunked
 
 def build(name, precision):
     text = open("specs/simple_gla.rec").read().replace("recurrence simple_gla", "recurrence " + name)
-    path = pathlib.Path(tempfile.mkdtemp()) / (name + ".py")
-    path.write_text(lower_chunked(recc.check(text, "<probe>")).source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    _, module = c.module_of(recc.check(text, "<probe>"))
     fn = getattr(module, name + "_chunk_fwd_o_kernel")
     consts = c.constexprs(fn, "fwd_o", {"K": 128, "V": 128}, {"o_BV": 64}, 64, module._NS, precision)
     return c.sass(c.compile_kernel(fn, consts, 4, 2, dtype="fp32"))
