@@ -10,6 +10,7 @@ from . import __version__, ir
 from .check import fmt_shape, load
 from .errors import ReccError
 from .hardware import PRESETS
+from .plan import plan_json, plan_text
 
 DESCRIPTION = """\
 recc compiles a recurrence written in a small language (.rec files) into GPU
@@ -66,6 +67,7 @@ def spec_json(rec: ir.Recurrence, hw=None) -> dict:
     tiles = _tiles()
     if tiles is not None and analysis is not None:
         data["tiles"] = tiles.tiles_json(rec, hw)
+        data["plan"] = plan_json(rec, hw)
     return data
 
 
@@ -86,6 +88,7 @@ def spec_text(rec: ir.Recurrence, hw=None) -> str:
         lines.append(analysis.facts_text(rec))
     tiles = _tiles()
     if tiles is not None and analysis is not None:
+        lines.append(plan_text(rec, hw))
         lines.append(tiles.tiles_text(rec, hw))
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ module header says so.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ class Plan:
     tiles: dict = field(default_factory=dict)
     candidates: tuple = ()         # what was considered, best first
     rejected: tuple = ()           # (strategy, reason) for each candidate passed over
+    decoder: str | None = None     # the strategy of calls of few steps (chunked: recurrent), chosen per call
 
 
 def candidates(rec: ir.Recurrence) -> tuple:
@@ -99,9 +101,111 @@ def plan(rec: ir.Recurrence, strategy: str | None = None, tiles: dict | None = N
             rejected.append((name, str(e)))
             continue
         passed = "".join(f"; {n} passed over: {r}" for n, r in rejected)
-        return Plan(name, lowered.why + passed, dict(lowered.tiles), order, tuple(rejected)), lowered
+        decoder = "recurrent" if not strategy and name == "chunked" and _accepts("recurrent", rec) else None
+        return Plan(name, lowered.why + passed, dict(lowered.tiles), order, tuple(rejected), decoder), lowered
     if strategy:
         raise ReccError(f"{rec.name}: strategy '{strategy}' cannot lower this spec: {rejected[0][1]}")
     why = "; ".join(f"{n}: {r}" for n, r in rejected)
     return Plan("reference", f"no kernel lowering accepts this spec yet ({why}); the op runs the sequential "
                              f"reference in float32", {}, order, tuple(rejected)), None
+
+
+def _accepts(name: str, rec: ir.Recurrence) -> bool:
+    """Does the lowering `name` accept `rec`?"""
+    if _lowering(name) is None:
+        return False
+    try:
+        _lower(name, rec, dict(RECURRENT_TILES) if name == "recurrent" else {})
+    except Exception as e:  # noqa: BLE001 - only a lowering's refusal is caught
+        if type(e).__name__ not in REFUSALS:
+            raise
+        return False
+    return True
+
+
+# ---- the strategy of one call --------------------------------------------------------------
+# A chunked op runs its calls of few steps (decoding: T = 1 with the state carried in
+# initial_state) with the recurrent strategy's kernels: one launch, a step at a time, where the
+# chunked form pays for its cumulative decays, per-chunk states and several launches whatever T.
+# Which is cheaper the tile solver's cost model says, per call shape: each family's estimate at
+# its own best tiles (a call without gradient: the forward alone). On the interpreter, whose
+# model counts tile sizes rather than time, the H100's model decides, so the CPU runs the path
+# the GPU would.
+
+def call_strategy(rec: ir.Recurrence, dims: dict, device=None, grad: bool = True) -> str:
+    """"recurrent" where the model prices the recurrent kernels below the chunked ones for a call of
+    `dims` (B, T, H and the spec's dim names; varlen: B sequences of the average length) on
+    `device`'s model, else "chunked"."""
+    from .tiles import _device_model, _pow2
+    size = {k: max(int(v), 1) for k, v in dims.items()}
+    size["T"] = _pow2(size["T"])
+    return _call_strategy(rec, tuple(sorted(size.items())), _decision_model(_device_model(device)), bool(grad))
+
+
+def estimates(rec: ir.Recurrence, dims: dict, hw, grad: bool) -> dict:
+    """{family: estimated seconds} of a call of `dims` for chunked and recurrent (without gradient:
+    the forward's kernels alone), at each family's own best tiles on the model `hw`."""
+    from .tiles import choose_tiles, families_of
+    fams = families_of(rec, dims)
+    if "chunked" not in fams or "recurrent" not in fams:
+        return {}
+    out = {}
+    for family in ("chunked", "recurrent"):
+        d, shape = fams[family]
+        if family == "chunked" and not grad and not shape["normaliser"]:
+            shape = {**shape, "inference": True}          # its plan for the forward alone
+        t = choose_tiles(family, d, hw, **shape)
+        if grad or (family == "chunked" and shape.get("inference")):
+            out[family] = t.objective
+        else:                                             # the forward's terms of a training plan
+            out[family] = sum(v for k, v in t.parts().items() if k in ("forward", "wy", "a", "h", "o"))
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _call_strategy(rec: ir.Recurrence, dims: tuple, hw, grad: bool) -> str:
+    cost = estimates(rec, dict(dims), hw, grad)
+    return "recurrent" if cost and cost["recurrent"] < cost["chunked"] else "chunked"
+
+
+def decoding_steps(rec: ir.Recurrence, hw="h100", grad: bool = False, B: int = 4, H: int = 16) -> int:
+    """The most steps (a power of two up to 4096, or 0) at which a call of B sequences and H heads
+    runs the recurrent strategy on the model `hw` (what `recc check` reports)."""
+    most = 0
+    for T in (2 ** i for i in range(13)):
+        if call_strategy(rec, {"B": B, "T": T, "H": H}, hw, grad) != "recurrent":
+            break
+        most = T
+    return most
+
+
+def _decision_model(hw):
+    """The model that decides: `hw`'s, the H100's in place of the interpreter's."""
+    from .tiles import hardware
+    model = hardware(hw)
+    return hardware("h100") if model.interpreter else model
+
+
+def plan_json(rec: ir.Recurrence, hw=None) -> dict:
+    """What `recc check --json` adds under "plan": the strategy, why, and for a chunked op the
+    calls its decoder takes (`decoding_steps` at B=4, H=16, the spec's main dims)."""
+    chosen, _ = plan(rec)
+    out = {"strategy": chosen.strategy, "why": chosen.why, "decoder": chosen.decoder}
+    if chosen.decoder:
+        model = _decision_model(hw)
+        out["decoding_steps"] = {"hardware": model.name, "B": 4, "H": 16,
+                                 "forward": decoding_steps(rec, model, grad=False),
+                                 "forward_backward": decoding_steps(rec, model, grad=True)}
+    return out
+
+
+def plan_text(rec: ir.Recurrence, hw=None) -> str:
+    """What `recc check` prints as the plan."""
+    data = plan_json(rec, hw)
+    lines = [f"  plan     {data['strategy']}: {data['why']}"]
+    if data["decoder"]:
+        d = data["decoding_steps"]
+        lines.append(f"           calls of few steps run {data['decoder']} instead, where the {d['hardware']} model prices "
+                     f"it lower (per call shape; at B=4 H=16: up to T={d['forward']} without gradient, "
+                     f"T={d['forward_backward']} with)")
+    return "\n".join(lines)

@@ -136,6 +136,7 @@ def render_module(rec: ir.Recurrence, strategy: str | None = None, tiles: dict |
         spec_hash=spec_hash(rec.source),
         spec_literal=repr(rec.source),
         strategy=chosen.strategy,
+        decoder=chosen.decoder,
         why=_docstring_safe(chosen.why),
         tiles=_docstring_safe(_tiles_text(chosen.tiles)),
         lowered=lowered is not None,

@@ -87,8 +87,13 @@ def load(path: str | os.PathLike, strategy: str | None = None, tiles: dict | Non
     """Compile a spec (once; cached) and return its op. The op carries
     `.reference` (the float64 oracle) and `.module` (the generated module).
     `strategy` forces one strategy, `tiles` overrides tile choices (see `recc.plan`)."""
+    return load_checked(load_spec(path), strategy, tiles)
+
+
+def load_checked(rec, strategy: str | None = None, tiles: dict | None = None):
+    """`load` of a checked recurrence (a generated chunked module gets its decoder so: the
+    recurrent strategy's op of its own spec)."""
     from .render import render_module
-    rec = load_spec(path)
     key = cache_key(rec.source, strategy, tiles)
     module_name = f"recc_generated_{rec.name}_{key}"
     module = sys.modules.get(module_name)

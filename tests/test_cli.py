@@ -85,6 +85,24 @@ def test_check_prints_what_it_sees(capsys):
     assert "  outputs  o[V]" in lines
 
 
+def test_check_says_which_strategy_runs_and_why(capsys):
+    """The plan: chunked for training shapes, and up to how many steps a call runs the recurrent
+    kernels instead (decoding), on the model --hardware names (the interpreter's: the H100's)."""
+    path = str(ROOT / "specs" / "gated_delta_net.rec")
+    status, out, err = run(["check", "--hardware", "h200", path], capsys)
+    assert status == 0
+    plan = [line for line in out.splitlines() if line.startswith("  plan ")]
+    assert len(plan) == 1 and plan[0].startswith("  plan     chunked: matrix state S[K, V] with an affine update")
+    assert "calls of few steps run recurrent instead, where the H200 model prices it lower" in out
+    status, out, err = run(["check", "--json", path], capsys)
+    data = json.loads(out)["plan"]
+    assert (data["strategy"], data["decoder"]) == ("chunked", "recurrent")
+    steps = data["decoding_steps"]
+    assert steps["hardware"] == "H100" and 1 <= steps["forward"] <= 64 and 1 <= steps["forward_backward"] <= 64
+    status, out, err = run(["check", "--json", str(ROOT / "specs" / "lstm.rec")], capsys)
+    assert json.loads(out)["plan"]["strategy"] == "cell" and json.loads(out)["plan"]["decoder"] is None
+
+
 def test_check_json_of_one_spec(capsys):
     status, out, err = run(["check", "--json", str(ROOT / "specs" / "delta_product.rec")], capsys)
     assert status == 0

@@ -190,6 +190,70 @@ def test_on_a_device_without_kernels_the_op_runs_the_reference(monkeypatch):
     assert relative_error(out, ref) < 1e-5
 
 
+# ---- a chunked op's calls of few steps ------------------------------------------------------
+# A chunked op runs a call of few steps (decoding) with its spec's recurrent op where the tile
+# solver's model prices that lower (recc.plan.call_strategy; on the CPU the H100's model decides).
+
+def _decoding_op(spec):
+    op = recc.load(SPECS / f"{spec}.rec")
+    assert (op.module.STRATEGY, op.module.DECODER) == ("chunked", "recurrent")
+    return op
+
+
+@pytest.mark.parametrize("spec", ["gated_delta_net", "gla", "mlstm", "delta_product"])
+def test_a_decoding_call_runs_the_recurrent_kernels(spec):
+    """One step with the state carried in (decoding, no gradient) and two steps of training: the
+    chunked op hands them to the recurrent strategy's op of its spec, and the results match the
+    float64 reference (outputs, final states, every gradient, the initial state's too)."""
+    op = _decoding_op(spec)
+    rec = op.module._REC
+    for T, grad in ((1, False), (2, True)):
+        args = random_arguments(rec, 2, T, 2, {d: 8 for d in rec.free_dims}, seed=T)
+        init = random_initial_state(rec, args)
+        op.module._STRATEGY_OF.clear()
+        assert_close_to_reference(op, rec, args, {"initial_state": init}, tol=1e-4, grad=grad)
+        assert list(op.module._STRATEGY_OF.values()) == ["recurrent"]
+        assert op.module._DECODER_OP.module.STRATEGY == "recurrent"
+
+
+def test_a_long_call_stays_chunked_and_varlen_decides_by_the_average_sequence():
+    """64 steps run the chunked kernels; a packed batch of 3 sequences of 1-2 tokens decodes, one of
+    64 and 70 does not (the choice is per call shape: the average sequence length)."""
+    op = _decoding_op("gated_delta_net")
+    rec = op.module._REC
+    cases = [(64, None, "chunked"), (5, [0, 2, 3, 5], "recurrent"), (134, [0, 64, 134], "chunked")]
+    for T, cu, want in cases:
+        args = random_arguments(rec, 1 if cu else 2, T, 2, {"K": 8, "V": 8}, seed=T)
+        kwargs = {"cu_seqlens": torch.tensor(cu, dtype=torch.int32)} if cu else {}
+        op.module._STRATEGY_OF.clear()
+        assert_close_to_reference(op, rec, args, kwargs, tol=1e-4, grad=False)
+        assert list(op.module._STRATEGY_OF.values()) == [want], (T, cu)
+
+
+def test_a_forced_strategy_has_no_decoder():
+    """recc.load(..., strategy="chunked") runs the chunked kernels whatever the call."""
+    op = recc.load(SPECS / "gated_delta_net.rec", strategy="chunked")
+    assert op.module.DECODER is None and not hasattr(op.module, "_STRATEGY_OF")
+    rec = op.module._REC
+    assert_close_to_reference(op, rec, random_arguments(rec, 2, 1, 2, {"K": 8, "V": 8}), tol=1e-4, grad=False)
+
+
+def test_the_crossover_lies_at_few_steps():
+    """Where the model hands calls to the recurrent kernels: a handful of steps (1-64) for every
+    chunked spec with a recurrent lowering, never at the training shapes of the benchmarks (1K+),
+    and recc check says so."""
+    from recc.plan import decoding_steps
+    for path in sorted(SPECS.glob("*.rec")):
+        rec = load_spec(path)
+        chosen, _ = plan(rec)
+        if chosen.decoder is None:
+            continue
+        for hw in ("h100", "h200"):
+            for grad in (False, True):
+                assert 1 <= decoding_steps(rec, hw, grad) <= 64, (rec.name, hw, grad)
+        assert decoding_steps(rec, "h200", False, B=4, H=16) < 1024
+
+
 # ---- argument errors name the argument ---------------------------------------------------
 
 def test_a_non_contiguous_input_is_named():
