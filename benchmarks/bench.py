@@ -247,6 +247,12 @@ def recc_op(case: Case):
     return op
 
 
+def recc_op_spec(spec: str):
+    """The checked recurrence of specs/<spec>.rec."""
+    import recc
+    return recc.load_spec(ROOT / "specs" / f"{spec}.rec")
+
+
 def recc_args(case: Case, sizes: dict, device, seed: int = 0) -> list:
     """Inputs [B, T, H, ...] and params [H, ...] of the case's spec, drawn as their annotations say."""
     import recc

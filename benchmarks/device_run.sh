@@ -11,6 +11,9 @@
 #   bench-rest   bench.py: simple GLA against fla, mLSTM against mlstm_kernels, same T
 #   bench-sgla   bench.py: simple GLA alone (mLSTM's kernels have no inference plan: unchanged by it)
 #   bench-32k    bench.py: DeltaProduct at T = 32K alone (the int64 offsets; refused before)
+#   decode       decode.py: calls of few steps (T = 1-128, an initial state) of six chunked specs:
+#                chunked, recurrent and the per-call choice against fla's fused_recurrent kernels
+#                (the measured crossover beside the model's), forward, then forward + backward
 #   crash        crash_repro.py: the kernel points that faulted in the sweeps and their neighbours,
 #                each in a fresh process (which of BT / BV / warps / stages faults)
 #   cold         kernel_times.py: cold start (empty caches, fla autotuning) and per-kernel times of
@@ -59,6 +62,12 @@ for step in "$@"; do
         --autotune-cache "$OUT/autotune.tar" --out "$OUT/$step.json" 2>&1 | grep -vi warn > "$OUT/$step.log"
       rm -f "$OUT/$step.png"
       tail -30 "$OUT/$step.log" ;;
+    decode)
+      timeout 250 python3 benchmarks/decode.py --out "$OUT/decode.json" 2>&1 | grep -vi warn > "$OUT/decode.log"
+      tail -20 "$OUT/decode.log"
+      timeout 250 python3 benchmarks/decode.py --grad --T 1,4,16,64 --out "$OUT/decode-grad.json" 2>&1 \
+        | grep -vi warn > "$OUT/decode-grad.log"
+      tail -12 "$OUT/decode-grad.log" ;;
     crash)
       timeout 260 python3 benchmarks/crash_repro.py --jobs 8 --out "$OUT/crash_repro.json" 2>&1 | grep -vi warn > "$OUT/crash.log"
       tail -60 "$OUT/crash.log"

@@ -50,3 +50,19 @@ def test_chunked_gpu_check_smoke_on_fp32_inputs():
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("check gated_delta_net")]
     assert len(lines) == 2 and all(" float32 " in line and " PASS " in line for line in lines), done.stdout
+
+
+def test_decode_harness_checks_every_variant_and_records_what_auto_took(tmp_path):
+    """benchmarks/decode.py --dry-run: the chunked, recurrent and auto ops of a spec against float64
+    at T = 1 and 3 with an initial state, then a row per T with each variant's time and the strategy
+    the auto op took (recurrent at one step, chunked at 64: the model's choice on the CPU)."""
+    out = tmp_path / "d.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--dry-run", "--specs", "gated_delta_net",
+           "--T", "1,64", "--warmup", "1", "--rep", "1", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(r["T"], r["auto_took"]) for r in rows] == [(1, "recurrent"), (64, "chunked")]
+    assert set(rows[0]["small_check"]) == {"chunked", "recurrent", "auto"}
+    assert all(err < 1e-4 for err in rows[0]["small_check"].values())
+    assert all(r[f"{v}_ms"] > 0 for r in rows for v in ("chunked", "recurrent", "auto"))
