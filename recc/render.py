@@ -140,6 +140,7 @@ def render_module(rec: ir.Recurrence, strategy: str | None = None, tiles: dict |
         why=_docstring_safe(chosen.why),
         tiles=_docstring_safe(_tiles_text(chosen.tiles)),
         lowered=lowered is not None,
+        traceable=lowered is not None and lowered.traceable,
         source=lowered.source.rstrip() if lowered is not None else "",
         call_args=", ".join(names),
         contiguous_all=_wrapped([f"{n}.is_contiguous()" for n in names], " and ", "\n" + " " * 12),

@@ -53,6 +53,17 @@ def test_module_names_its_kernels_strategy_tiles_and_spec_hash():
     assert "torch.library.register_autograd" in text and ".register_fake" in text
 
 
+def test_the_header_says_what_runs_and_whether_torch_compile_traces_it():
+    """A chunked module names its decoder; it says torch.compile cannot trace it (no _saved_like),
+    where a recurrent one says it keeps the op whole."""
+    rec = load_spec(SPECS / "gated_delta_net.rec")
+    chunked = ast.get_docstring(ast.parse(render_module(rec)))
+    recurrent = ast.get_docstring(ast.parse(render_module(rec, strategy="recurrent")))
+    assert "strategy:    chunked (calls of few steps: recurrent, chosen per call)\n" in chunked
+    assert "torch.compile cannot trace it yet" in chunked and "keeps it" not in chunked
+    assert "so torch.compile keeps it\nwhole" in recurrent and "cannot trace" not in recurrent
+
+
 def test_the_householder_transition_is_applied_not_built():
     text = render_module(load_spec(SPECS / "delta_net.rec"), strategy="recurrent")
     assert "tl.dot" not in text

@@ -51,6 +51,7 @@ class Lowered:
     source: str                   # the kernels and _forward / _backward
     why: str                      # one line: why this strategy and these tiles
     tiles: dict = field(default_factory=dict)
+    traceable: bool = True        # the source describes its saved tensors (_saved_like): torch.compile traces it
 
 
 def literal(values: dict, strings: dict | None = None) -> str:

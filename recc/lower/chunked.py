@@ -779,7 +779,7 @@ def lower_chunked(rec: ir.Recurrence, tiles: dict | None = None) -> Lowered:
            f"{'householder' if form.householder else 'plain'} transition x{len(form.substeps)}, "
            f"coefficient {form.coeff}; chunks and per-kernel tiles from the solver per call (H100, main shape: "
            f"{example})")
-    return Lowered("chunked", source, why, {"chosen": "per call (recc.tiles)", **overrides})
+    return Lowered("chunked", source, why, {"chosen": "per call (recc.tiles)", **overrides}, traceable=False)
 
 
 def _launch_shape(rec: ir.Recurrence, form: ChunkedForm) -> dict:
