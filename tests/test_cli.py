@@ -154,17 +154,23 @@ def compile_module(spec: Path, out: Path, capsys):
 
 @pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
 def test_compiled_op_matches_its_reference(spec, tmp_path, capsys):
+    """At 5 steps, and for a chunked module (which hands calls of few steps to its decoder, the
+    recurrent op) at 40 too: each path once, and the test says which ran."""
     module = compile_module(spec, tmp_path / f"{spec.stem}.py", capsys)
     op = getattr(module, spec.stem)
     rec = load(spec)
-    args = arguments(rec)
-    out, final = op(*args, output_final_state=True)
-    ref, ref_final = module.reference(*args, output_final_state=True)
-    assert ref.dtype == torch.float64 and out.dtype == torch.float32
-    assert relative_error(out, ref) < 1e-5
-    finals = (final, ref_final) if isinstance(final, tuple) else ((final,), (ref_final,))
-    for f, r in zip(*finals):
-        assert relative_error(f, r) < 1e-5
+    for T, path in ((5, module.DECODER), (40, module.STRATEGY)) if module.DECODER else ((5, None),):
+        args = arguments(rec, T=T)
+        if path:
+            module._STRATEGY_OF.clear()
+        out, final = op(*args, output_final_state=True)
+        assert not path or list(module._STRATEGY_OF.values()) == [path], (T, module._STRATEGY_OF)
+        ref, ref_final = module.reference(*args, output_final_state=True)
+        assert ref.dtype == torch.float64 and out.dtype == torch.float32
+        assert relative_error(out, ref) < 1e-5
+        finals = (final, ref_final) if isinstance(final, tuple) else ((final,), (ref_final,))
+        for f, r in zip(*finals):
+            assert relative_error(f, r) < 1e-5
 
 
 def test_compiled_op_on_packed_sequences_with_initial_state(tmp_path, capsys):
@@ -174,6 +180,7 @@ def test_compiled_op_on_packed_sequences_with_initial_state(tmp_path, capsys):
     init = torch.randn(3, 2, 16, 16)
     cu = torch.tensor([0, 2, 7, 9])
     out, final = module.gated_delta_net(*args, initial_state=init, output_final_state=True, cu_seqlens=cu)
+    assert list(module._STRATEGY_OF.values()) == ["recurrent"]   # sequences of 3 steps on average: decoded
     ref, ref_final = module.reference(*args, initial_state=init, output_final_state=True, cu_seqlens=cu)
     assert relative_error(out, ref) < 1e-5 and relative_error(final, ref_final) < 1e-5
 
