@@ -247,7 +247,7 @@ def recc_op(case: Case):
     return op
 
 
-def recc_op_spec(spec: str):
+def spec_of(spec: str):
     """The checked recurrence of specs/<spec>.rec."""
     import recc
     return recc.load_spec(ROOT / "specs" / f"{spec}.rec")
@@ -255,9 +255,8 @@ def recc_op_spec(spec: str):
 
 def recc_args(case: Case, sizes: dict, device, seed: int = 0) -> list:
     """Inputs [B, T, H, ...] and params [H, ...] of the case's spec, drawn as their annotations say."""
-    import recc
     from recc.primitives import sample_input
-    rec = recc.load_spec(ROOT / "specs" / f"{case.spec}.rec")
+    rec = spec_of(case.spec)
     dims = {**rec.fixed_dims, **{k: v for k, v in sizes.items() if k not in ("B", "T", "H")}}
     gen = torch.Generator().manual_seed(seed)
     shape = lambda lead, d: lead + tuple(dims[x] if isinstance(x, str) else x for x in d.shape)
@@ -311,9 +310,8 @@ def rel_err(x, ref) -> float:
 def check_small(case: Case, device) -> tuple:
     """(ok, worst error, what): recc on the GPU vs the float64 CPU reference, small shape,
     outputs (with and without gradient) and gradients of every input and param."""
-    import recc
     op = recc_op(case)
-    rec = recc.load_spec(ROOT / "specs" / f"{case.spec}.rec")
+    rec = spec_of(case.spec)
     args = recc_args(case, case.small, device, seed=1)
     leaves = [a.detach().clone().requires_grad_() for a in args]
     ref_leaves = [a.detach().cpu().double().requires_grad_() for a in args]
@@ -422,11 +420,10 @@ def sweep_scan(T: int, warmup: int, rep: int, out_path: Path | None, which: str 
     random inputs (a carry hand-off that races shows as a mismatch on some of them)."""
     import importlib.util
     import itertools
-    import recc
     from recc.lower.scan import lower_scan
     from recc.signature import bind
     case = CASES[0]
-    rec = recc.load_spec(ROOT / "specs" / "first_order.rec")
+    rec = spec_of("first_order")
     sizes = case.sizes(T)
     tmp = Path(tempfile.mkdtemp())
     modules = {}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -65,7 +64,7 @@ def arguments(spec: str, sizes: dict, dtype, device, seed: int):
     case = bench.Case(spec, spec, "chunked", "", lambda T: sizes, dtype, None)
     args = bench.recc_args(case, sizes, device, seed)
     prefix = bench.recc_args(case, dict(sizes, T=8), "cpu", seed + 1)
-    _, final = reference(bench.recc_op_spec(spec), *[x.double() for x in prefix], output_final_state=True)
+    _, final = reference(bench.spec_of(spec), *[x.double() for x in prefix], output_final_state=True)
     cast = lambda t: t.float().to(device).contiguous()
     return args, tuple(cast(t) for t in final) if isinstance(final, tuple) else cast(final)
 
@@ -73,7 +72,7 @@ def arguments(spec: str, sizes: dict, dtype, device, seed: int):
 def check_small(spec: str, variants: dict, device, grad: bool) -> dict:
     """{variant: worst relative error} against the float64 reference: T = 1 and 3, B=2 H=2 K=V=32."""
     from recc.reference import reference
-    rec = bench.recc_op_spec(spec)
+    rec = bench.spec_of(spec)
     on_cpu = lambda x: tuple(t.double().cpu() for t in x) if isinstance(x, tuple) else x.double().cpu()
     as_tuple = lambda x: x if isinstance(x, tuple) else (x,)
     worst = {}

@@ -79,6 +79,19 @@ def _lower(name: str, rec: ir.Recurrence, tiles: dict):
     return fn(rec)
 
 
+def _try(name: str, rec: ir.Recurrence, tiles: dict | None = None):
+    """(Lowered, None) where the lowering `name` accepts `rec`, else (None, why not)."""
+    if _lowering(name) is None:
+        return None, "not in this build"
+    chosen = {**RECURRENT_TILES, **(tiles or {})} if name == "recurrent" else {}
+    try:
+        return _lower(name, rec, chosen), None
+    except Exception as e:  # noqa: BLE001 - only a lowering's refusal is caught
+        if type(e).__name__ not in REFUSALS:
+            raise
+        return None, str(e)
+
+
 def plan(rec: ir.Recurrence, strategy: str | None = None, tiles: dict | None = None):
     """(Plan, Lowered or None): the first strategy, best first, whose lowering
     accepts `rec`. A `strategy` names the one to use; it is an error if it cannot.
@@ -89,38 +102,18 @@ def plan(rec: ir.Recurrence, strategy: str | None = None, tiles: dict | None = N
     order = (strategy,) if strategy else candidates(rec)
     rejected = []
     for name in order:
-        if _lowering(name) is None:
-            rejected.append((name, "not in this build"))
-            continue
-        chosen = {**RECURRENT_TILES, **(tiles or {})} if name == "recurrent" else {}
-        try:
-            lowered = _lower(name, rec, chosen)
-        except Exception as e:  # noqa: BLE001 - only a lowering's refusal is caught
-            if type(e).__name__ not in REFUSALS:
-                raise
-            rejected.append((name, str(e)))
+        lowered, refusal = _try(name, rec, tiles)
+        if lowered is None:
+            rejected.append((name, refusal))
             continue
         passed = "".join(f"; {n} passed over: {r}" for n, r in rejected)
-        decoder = "recurrent" if not strategy and name == "chunked" and _accepts("recurrent", rec) else None
+        decoder = "recurrent" if not strategy and name == "chunked" and _try("recurrent", rec)[0] else None
         return Plan(name, lowered.why + passed, dict(lowered.tiles), order, tuple(rejected), decoder), lowered
     if strategy:
         raise ReccError(f"{rec.name}: strategy '{strategy}' cannot lower this spec: {rejected[0][1]}")
     why = "; ".join(f"{n}: {r}" for n, r in rejected)
     return Plan("reference", f"no kernel lowering accepts this spec yet ({why}); the op runs the sequential "
                              f"reference in float32", {}, order, tuple(rejected)), None
-
-
-def _accepts(name: str, rec: ir.Recurrence) -> bool:
-    """Does the lowering `name` accept `rec`?"""
-    if _lowering(name) is None:
-        return False
-    try:
-        _lower(name, rec, dict(RECURRENT_TILES) if name == "recurrent" else {})
-    except Exception as e:  # noqa: BLE001 - only a lowering's refusal is caught
-        if type(e).__name__ not in REFUSALS:
-            raise
-        return False
-    return True
 
 
 # ---- the strategy of one call --------------------------------------------------------------
